@@ -1,0 +1,129 @@
+"""The ``Backbone`` interface and the registry of named backbones.
+
+A backbone turns RGB images into L2-normalised float32 vectors. Everything else in framesim
+(embedding cache, index, matching, report) sees only this interface, so adding a model means
+subclassing ``Backbone`` (or ``KerasBackbone``) and registering a factory under a name.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be built (unknown name, weights missing or unreadable)."""
+
+
+class Backbone(abc.ABC):
+    """A named image embedder.
+
+    Subclasses set ``name``, ``input_size`` (square side in pixels) and ``dim`` and implement
+    ``_forward`` on a preprocessed float32 batch. ``embed`` handles resizing, preprocessing and
+    normalisation so every backbone behaves the same to callers.
+    """
+
+    name: str
+    input_size: int
+    dim: int
+    #: where the weights come from, for display ("imagenet", a file path, "random (weights=None)")
+    weights: str | None = None
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """Resize one RGB uint8 image to ``input_size`` x ``input_size`` (full frame, no crop)."""
+        s = self.input_size
+        if image.shape[0] == s and image.shape[1] == s:
+            return image
+        # INTER_AREA when shrinking avoids aliasing; frames are almost always larger than the input.
+        interp = cv2.INTER_AREA if image.shape[0] > s or image.shape[1] > s else cv2.INTER_LINEAR
+        return cv2.resize(image, (s, s), interpolation=interp)
+
+    @abc.abstractmethod
+    def preprocess(self, batch: np.ndarray) -> np.ndarray:
+        """Map a uint8 batch (n, s, s, 3) RGB to the float32 input the network expects."""
+
+    @abc.abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a preprocessed batch; return (n, dim) float32, not yet normalised."""
+
+    def embed(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Embed RGB uint8 images of any size; return L2-normalised float32 vectors (n, dim)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (
+            self.input_size,
+            self.input_size,
+        ):
+            batch = images
+        else:
+            if len(images) == 0:
+                return np.zeros((0, self.dim), np.float32)
+            batch = np.stack([self.resize(np.asarray(im)) for im in images])
+        if batch.dtype != np.uint8:
+            raise TypeError(f"{self.name}: expected uint8 RGB images, got {batch.dtype}")
+        out = np.asarray(self._forward(self.preprocess(batch)), dtype=np.float32)
+        return l2_normalize(out)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} dim={self.dim} input={self.input_size}>"
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What ``framesim backbones`` shows without building the model."""
+
+    name: str
+    dim: int
+    input_size: int
+    description: str
+    weights_available: Callable[[], bool]
+    factory: Callable[..., Backbone]
+
+
+_REGISTRY: dict[str, BackboneInfo] = {}
+
+
+def register_backbone(
+    name: str,
+    *,
+    dim: int,
+    input_size: int,
+    description: str = "",
+    weights_available: Callable[[], bool] = lambda: True,
+) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator: register ``factory(**kwargs) -> Backbone`` under ``name``."""
+
+    def decorator(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[name] = BackboneInfo(name, dim, input_size, description, weights_available, factory)
+        return factory
+
+    return decorator
+
+
+def list_backbones() -> list[BackboneInfo]:
+    _load_builtin()
+    return list(_REGISTRY.values())
+
+
+def get_backbone(name: str, **kwargs: object) -> Backbone:
+    """Build the backbone registered as ``name``; kwargs go to its factory (e.g. ``weights=``)."""
+    _load_builtin()
+    try:
+        info = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise BackboneError(f"unknown backbone {name!r}; known: {known}") from None
+    return info.factory(**kwargs)
+
+
+def _load_builtin() -> None:
+    # Imported lazily: registering must not import TensorFlow for `framesim --help`.
+    from framesim.backbones import efficientnet_lite, keras_apps  # noqa: F401

@@ -1,0 +1,117 @@
+"""VGG16, ResNet50 and ResNet101 from ``keras.applications``: ImageNet features, global average pooled.
+
+Weights: ``"imagenet"`` goes through Keras' own download and cache (``$KERAS_HOME/models``, default
+``~/.keras/models``), which needs internet the first time; ``weights=FILE`` loads a local ``.h5`` file
+(the same "notop" file Keras would download); ``weights=None`` gives random weights (tests, plumbing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from framesim.backbones.base import BackboneError, register_backbone
+from framesim.backbones.keras_base import KerasBackbone, quiet_tensorflow
+
+WEIGHTS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
+
+
+@dataclass(frozen=True)
+class KerasAppSpec:
+    name: str
+    module: str  # keras.applications submodule that holds preprocess_input
+    constructor: str
+    dim: int
+    notop_file: str  # file name Keras caches under $KERAS_HOME/models
+    url_dir: str
+
+
+SPECS = {
+    spec.name: spec
+    for spec in [
+        KerasAppSpec("vgg16", "vgg16", "VGG16", 512,
+                     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "vgg16"),
+        KerasAppSpec("resnet50", "resnet", "ResNet50", 2048,
+                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet"),
+        KerasAppSpec("resnet101", "resnet", "ResNet101", 2048,
+                     "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet"),
+    ]
+}
+
+
+def keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+
+
+def cached_weights_path(spec: KerasAppSpec) -> Path:
+    return keras_home() / "models" / spec.notop_file
+
+
+def weights_url(spec: KerasAppSpec) -> str:
+    return f"{WEIGHTS_BASE_URL}/{spec.url_dir}/{spec.notop_file}"
+
+
+class KerasApplicationBackbone(KerasBackbone):
+    input_size = 224
+
+    def __init__(self, spec: KerasAppSpec, weights: str | os.PathLike[str] | None = "imagenet") -> None:
+        quiet_tensorflow()
+        import keras
+
+        self.name = spec.name
+        self.dim = spec.dim
+        self._spec = spec
+        module = getattr(keras.applications, spec.module)
+        self._preprocess_input = module.preprocess_input
+        constructor = getattr(keras.applications, spec.constructor)
+        keras_weights: str | None
+        if weights is None:
+            keras_weights, self.weights = None, "random (weights=None)"
+        elif str(weights) == "imagenet":
+            keras_weights, self.weights = "imagenet", "imagenet"
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise BackboneError(f"{spec.name}: weights file {path} does not exist")
+            keras_weights, self.weights = str(path), str(path)
+        try:
+            model = constructor(include_top=False, weights=keras_weights, pooling="avg",
+                                input_shape=(self.input_size, self.input_size, 3))
+        except Exception as exc:  # Keras raises bare Exception on a failed download
+            if keras_weights == "imagenet":
+                raise BackboneError(self._offline_help(exc)) from exc
+            raise BackboneError(f"{spec.name}: cannot load weights {keras_weights}: {exc}") from exc
+        super().__init__(model)
+
+    def _offline_help(self, exc: Exception) -> str:
+        spec = self._spec
+        return (
+            f"{spec.name}: could not get the ImageNet weights ({type(exc).__name__}: {exc}). "
+            f"Without internet, download {weights_url(spec)} on another machine and either pass "
+            f"--weights FILE or copy it to {cached_weights_path(spec)} (KERAS_HOME is respected)."
+        )
+
+    def preprocess(self, batch: np.ndarray) -> np.ndarray:
+        # keras' preprocess_input for VGG/ResNet ("caffe" mode) expects RGB 0..255 floats and flips to BGR.
+        return self._preprocess_input(batch.astype(np.float32))
+
+
+def _factory(spec: KerasAppSpec) -> Callable[..., KerasApplicationBackbone]:
+    def make(weights: str | os.PathLike[str] | None = "imagenet") -> KerasApplicationBackbone:
+        return KerasApplicationBackbone(spec, weights=weights)
+
+    return make
+
+
+for _spec in SPECS.values():
+    register_backbone(
+        _spec.name,
+        dim=_spec.dim,
+        input_size=KerasApplicationBackbone.input_size,
+        description=f"keras.applications.{_spec.constructor}, ImageNet, global average pooling",
+        weights_available=(lambda s=_spec: cached_weights_path(s).is_file()),
+    )(_factory(_spec))

@@ -1,0 +1,87 @@
+"""Reading example images and hashing pixels.
+
+OpenCV does the decoding (it applies EXIF orientation with IMREAD_COLOR); everything framesim
+hands around is RGB uint8 (H, W, 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
+#: refuse images whose decoded size would exceed this many pixels (decompression bombs)
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+    """An image file cannot be used; the message names the file and the reason."""
+
+
+def pixel_sha256(rgb: np.ndarray) -> str:
+    """sha256 of the pixels (shape included), independent of the file format they came from."""
+    rgb = np.ascontiguousarray(rgb)
+    h = hashlib.sha256(f"{rgb.shape}|{rgb.dtype}|".encode())
+    h.update(rgb.data)
+    return h.hexdigest()
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Load an image file as RGB uint8, or raise ImageError naming the file and the reason."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with any file name
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    if path.suffix.lower() == ".gif":
+        return _load_gif_first_frame(path)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"{path}: not a readable image")
+    if bgr.shape[0] * bgr.shape[1] > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{path}: {bgr.shape[1]}x{bgr.shape[0]} is larger than the {MAX_IMAGE_PIXELS} pixel limit")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _load_gif_first_frame(path: Path) -> np.ndarray:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        ok, bgr = cap.read()
+    finally:
+        cap.release()
+    if not ok or bgr is None:
+        raise ImageError(f"{path}: not a readable GIF")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Image files among ``paths``; folders are searched recursively, in sorted order."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+        else:
+            found.append(p)
+    return found
+
+
+def save_image(path: str | os.PathLike[str], rgb: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Encode RGB pixels by the path's extension and write atomically."""
+    from framesim._io import write_bytes
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ImageError(f"{path}: cannot encode as {ext}")
+    write_bytes(path, buf.tobytes())
