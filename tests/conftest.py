@@ -1,0 +1,66 @@
+"""Shared fixtures: where the real test media is, and synthetic videos whose content we know."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = Path(os.environ.get("FRAMESIM_SHARED_MEDIA", REPO.parent / "shared" / "media"))
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    if not (SHARED_MEDIA / "videos").is_dir():
+        pytest.skip(f"real test media not found at {SHARED_MEDIA} (set FRAMESIM_SHARED_MEDIA)")
+    return SHARED_MEDIA
+
+
+def scene_colour(scene: int) -> tuple[int, int, int]:
+    """A distinct BGR colour per scene number."""
+    rng = np.random.default_rng(1000 + scene)
+    return tuple(int(c) for c in rng.integers(30, 226, size=3))
+
+
+def synthetic_frame(index: int, scene: int, size: tuple[int, int]) -> np.ndarray:
+    """BGR frame: the scene's colour and texture, with the frame number drawn large.
+
+    Within a scene frames differ only by the drawn number (small change); between scenes the
+    colour and texture change completely (a cut).
+    """
+    w, h = size
+    rng = np.random.default_rng(scene)
+    texture = cv2.resize(rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h),
+                         interpolation=cv2.INTER_NEAREST)
+    frame = (0.5 * np.array(scene_colour(scene), np.float32) + 0.5 * texture).astype(np.uint8)
+    cv2.putText(frame, str(index), (w // 10, h // 2), cv2.FONT_HERSHEY_SIMPLEX, h / 120, (255, 255, 255), 2)
+    return frame
+
+
+def write_video(path: Path, n_frames: int, fps: float = 25.0, size: tuple[int, int] = (160, 120),
+                scene_starts: Sequence[int] = (0,)) -> Path:
+    """Write an mp4 (mpeg4) of ``n_frames`` synthetic frames; a new scene starts at each index in scene_starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened(), f"cannot open VideoWriter for {path}"
+    starts = sorted(scene_starts)
+    for i in range(n_frames):
+        scene = sum(1 for s in starts if s <= i) - 1
+        writer.write(synthetic_frame(i, scene, size))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def make_video(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: make_video(name="v.mp4", n_frames=50, fps=25, size=(160,120), scene_starts=(0,))."""
+
+    def make(name: str = "v.mp4", n_frames: int = 50, **kwargs: object) -> Path:
+        return write_video(tmp_path / name, n_frames, **kwargs)  # type: ignore[arg-type]
+
+    return make
