@@ -47,7 +47,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     if bgr is None:
         raise ImageError(f"{path}: not a readable image")
     if bgr.shape[0] * bgr.shape[1] > MAX_IMAGE_PIXELS:
-        raise ImageError(f"{path}: {bgr.shape[1]}x{bgr.shape[0]} is larger than the {MAX_IMAGE_PIXELS} pixel limit")
+        raise ImageError(f"{path}: {bgr.shape[1]}x{bgr.shape[0]} exceeds the {MAX_IMAGE_PIXELS} pixel limit")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -67,8 +67,11 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            found.extend(sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ))
         else:
             found.append(p)
     return found

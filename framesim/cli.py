@@ -1,0 +1,189 @@
+"""The ``framesim`` command: parse options, call the library, print, set the exit code.
+
+Exit codes: 0 everything worked; 1 some inputs failed (the rest was processed and written, each
+failure printed on one line); 2 bad usage or nothing could be done.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from framesim import __version__
+
+EXIT_PARTIAL = 1
+EXIT_FATAL = 2
+
+
+def _error(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+
+
+def _fatal(msg: str) -> None:
+    _error(msg)
+    sys.exit(EXIT_FATAL)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="framesim")
+def cli() -> None:
+    """Find duplicate and near-duplicate video frames.
+
+    \b
+    framesim extract videos/ -o dataset        sample frames into a frame dataset
+    framesim match examples/ -d dataset        rank example images against the frames
+    framesim report reports/<run>              rebuild a run's HTML report
+    """
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--dataset", default="dataset", show_default=True, type=click.Path(path_type=Path),
+              help="Frame dataset folder (created if missing, extended if it exists).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Keep this many frames per second of video [default: 1].")
+@click.option("--every", type=click.IntRange(min=1), default=None, help="Keep every Nth decoded frame.")
+@click.option("--scene", is_flag=True, help="Keep a frame whenever the picture changes (scene cuts).")
+@click.option("--scene-threshold", type=click.FloatRange(0, 1), default=None,
+              help="How much the picture must change for --scene (0..1).")
+@click.option("--start", type=click.FloatRange(min=0), default=None, help="Start time in seconds.")
+@click.option("--end", type=click.FloatRange(min=0), default=None, help="End time in seconds.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="At most this many frames per video.")
+@click.option("--format", "image_format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+              help="Image format of the stored frames.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: int | None, scene: bool,
+            scene_threshold: float | None, start: float | None, end: float | None, max_frames: int | None,
+            image_format: str, quiet: bool) -> None:
+    """Sample frames from videos (files or folders, searched recursively) into a frame dataset."""
+    from framesim.dataset import DatasetLockedError
+    from framesim.dataset import extract as run_extract
+    from framesim.sampling import DEFAULT_SCENE_THRESHOLD
+
+    if sum(x is not None and x is not False for x in (fps, every, scene or None)) > 1:
+        raise click.UsageError("choose one of --fps, --every and --scene")
+    if scene_threshold is not None and not scene:
+        raise click.UsageError("--scene-threshold needs --scene")
+    if start is not None and end is not None and end <= start:
+        raise click.UsageError("--end must be after --start")
+    scene_value = (scene_threshold if scene_threshold is not None else DEFAULT_SCENE_THRESHOLD) if scene else None
+    try:
+        summary = run_extract(
+            list(inputs), dataset, fps=fps if fps is not None else (None if every or scene else 1.0),
+            every=every, scene=scene_value, start=start, end=end, max_frames=max_frames,
+            image_format=image_format, progress=not quiet, on_error=_error)
+    except (DatasetLockedError, ValueError, OSError) as exc:
+        _fatal(str(exc))
+        return
+    click.echo(f"{summary.frames_added} frames added ({summary.frames_existing} already in the dataset) "
+               f"from {len(summary.videos_done)} videos in {summary.seconds:.1f} s -> {dataset}")
+    if summary.failures:
+        click.echo(f"{len(summary.failures)} videos failed:", err=True)
+        for video, reason in summary.failures:
+            click.echo(f"  {video}: {reason}", err=True)
+        sys.exit(EXIT_PARTIAL)
+
+
+def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[str, str | None]:
+    """``--weights FILE`` (single backbone) or ``--weights NAME=FILE``; ``none`` = random weights."""
+    out: dict[str, str | None] = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        if not sep:
+            if len(backbones) != 1:
+                raise click.UsageError("with several backbones, give --weights NAME=FILE")
+            name, spec = backbones[0], value
+        out[name] = None if spec.lower() == "none" else spec
+    return out
+
+
+@cli.command()
+@click.argument("examples", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-d", "--dataset", default="dataset", show_default=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path), help="Frame dataset folder.")
+@click.option("-b", "--backbone", "backbones", multiple=True,
+              help="Backbone to use; repeat to compare several [default: efficientnet-lite0].")
+@click.option("--weights", multiple=True,
+              help="Weights file for the backbone (NAME=FILE with several; FILE=none for random weights).")
+@click.option("-k", "--top-k", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Frames kept per example and backbone (0 = no limit, needs --min-score).")
+@click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
+              help="Keep only pairs with cosine similarity at least this.")
+@click.option("--index", "index_factory", default="auto", show_default=True,
+              help="FAISS index factory string (Flat, HNSW32, IVF4096,Flat); auto picks by size.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder for pairs and report [default: reports/<date-time>].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
+          top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
+          no_report: bool, quiet: bool) -> None:
+    """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
+    from framesim.backbones import BackboneError
+    from framesim.dataset import DatasetLockedError
+    from framesim.matching import DEFAULT_BACKBONE, default_run_dir
+    from framesim.matching import match as run_match
+
+    if top_k == 0 and min_score is None:
+        raise click.UsageError("--top-k 0 (no limit) needs --min-score")
+    backbones = backbones or (DEFAULT_BACKBONE,)
+    out = out or default_run_dir()
+    try:
+        result = run_match(list(examples), dataset, list(dict.fromkeys(backbones)), top_k=top_k or None,
+                           min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
+                           out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error)
+    except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
+        _fatal(str(exc))
+        return
+    run = result.run
+    for b in run["backbones"]:
+        speed = f"{b['images_per_s']:.1f} images/s" if b["images_per_s"] else "all cached"
+        click.echo(f"{b['name']}: {b['frames_embedded']} frames embedded, {b['frames_cached']} cached, "
+                   f"{b['examples_embedded']} examples embedded ({speed})")
+    click.echo(f"{len(result.pairs)} pairs for {run['n_examples']} examples x {run['n_frames']} frames "
+               f"in {run['seconds']:.1f} s")
+    click.echo(f"pairs:  {out / 'pairs.csv'}")
+    if not no_report:
+        from framesim.report import write_report
+
+        click.echo(f"report: {write_report(out)}")
+    if result.failures:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write [default: RUN_DIR/report.html].")
+def report(run_dir: Path, out: Path | None) -> None:
+    """Rebuild the HTML comparison report of a match run."""
+    from framesim.report import write_report
+
+    try:
+        click.echo(write_report(run_dir, out))
+    except (OSError, ValueError, KeyError) as exc:
+        _fatal(f"{run_dir}: cannot build the report: {exc}")
+
+
+@cli.command("backbones")
+def list_backbones_cmd() -> None:
+    """List the registered backbones and whether their weights are available offline."""
+    from framesim.backbones import list_backbones
+
+    rows = [(b.name, str(b.dim), str(b.input_size), "yes" if b.weights_available() else "no (download)",
+             b.description) for b in list_backbones()]
+    header = ("name", "dim", "input", "weights here", "description")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

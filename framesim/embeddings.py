@@ -1,0 +1,253 @@
+"""Batched embedding with an on-disk cache keyed by (backbone + weights, pixel hash).
+
+Layout of one cache (one per backbone and weights) under ``<dataset>/embeddings/<backbone>/<weights-tag>/``::
+
+    header.json                 format, version, backbone, weights, dim, dtype
+    shard-000001.keys.npy       (n,) S64 pixel sha256s
+    shard-000001.vecs.npy       (n, dim) float16 vectors (L2-normalised before the cast)
+    shard-000001.json           count and sha256 of both files: written last, so it marks the shard complete
+
+A run appends a shard every ``flush_every`` new vectors, so an interrupted run loses at most one
+shard of work and the next run embeds only what is missing. A shard whose sidecar is missing or whose
+checksum does not match (truncated, edited, other dim) is ignored and deleted, never silently used.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from framesim._io import write_json, write_npy
+from framesim.backbones.base import Backbone
+
+FORMAT = "framesim-embeddings"
+VERSION = 1
+STORE_DTYPE = np.float16  # halves disk and memory; cosine scores change by < 1e-3
+
+
+def weights_tag(backbone: Backbone) -> str:
+    """A folder name that changes whenever the weights do (so caches never mix models)."""
+    weights = backbone.weights or "unknown"
+    if weights in ("imagenet",) or weights.startswith("random"):
+        return re.sub(r"[^a-z0-9]+", "-", weights.lower()).strip("-")
+    path = Path(weights)
+    stat = path.stat() if path.exists() else None
+    ident = f"{path.resolve()}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}"
+    return f"file-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Append-only store of vectors by key for one backbone and weights."""
+
+    def __init__(self, root: str | Path, backbone: Backbone, flush_every: int = 1024) -> None:
+        self.backbone = backbone
+        self.dim = backbone.dim
+        self.dir = Path(root) / backbone.name / weights_tag(backbone)
+        self.flush_every = flush_every
+        self._pending_keys: list[str] = []
+        self._pending_vecs: list[np.ndarray] = []
+        self._where: dict[str, tuple[int, int]] = {}  # key -> (shard number, row)
+        self._shards: dict[int, np.ndarray] = {}  # shard number -> memory-mapped vectors
+        self._open()
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _header(self) -> dict[str, object]:
+        return {"format": FORMAT, "version": VERSION, "backbone": self.backbone.name,
+                "weights": self.backbone.weights, "dim": self.dim, "dtype": np.dtype(STORE_DTYPE).name}
+
+    def _open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        header_path = self.dir / "header.json"
+        header = self._header()
+        try:
+            found = json.loads(header_path.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found != header:
+            if found is not None:
+                print(f"warning: {self.dir}: embedding cache is from another format/backbone/dim; rebuilding",
+                      file=sys.stderr)
+            for stale in self.dir.glob("shard-*"):
+                stale.unlink()
+            write_json(header_path, header)
+        for sidecar in sorted(self.dir.glob("shard-*.json")):
+            number = int(sidecar.name.split("-")[1].split(".")[0])
+            if not self._load_shard(number, sidecar):
+                print(f"warning: {sidecar.with_suffix('')}: damaged embedding shard ignored and removed",
+                      file=sys.stderr)
+                for f in self._shard_files(number):
+                    f.unlink(missing_ok=True)
+        # Shards whose sidecar never got written are leftovers of an interrupted run.
+        for f in self.dir.glob("shard-*.npy"):
+            if int(f.name.split("-")[1].split(".")[0]) not in self._shards:
+                f.unlink(missing_ok=True)
+
+    def _shard_files(self, number: int) -> tuple[Path, Path, Path]:
+        stem = self.dir / f"shard-{number:06d}"
+        return Path(f"{stem}.keys.npy"), Path(f"{stem}.vecs.npy"), Path(f"{stem}.json")
+
+    def _load_shard(self, number: int, sidecar: Path) -> bool:
+        keys_path, vecs_path, _ = self._shard_files(number)
+        try:
+            meta = json.loads(sidecar.read_text())
+            if (meta.get("dim") != self.dim or _sha256_file(keys_path) != meta["keys_sha256"]
+                    or _sha256_file(vecs_path) != meta["vecs_sha256"]):
+                return False
+            keys = np.load(keys_path, allow_pickle=False)
+            vecs = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, KeyError):
+            return False
+        if vecs.shape != (len(keys), self.dim) or len(keys) != meta.get("count"):
+            return False
+        self._shards[number] = vecs
+        for row, key in enumerate(keys):
+            self._where[key.decode()] = (number, row)
+        return True
+
+    # -- queries -----------------------------------------------------------------------------------
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Keys without a stored vector, de-duplicated, in first-seen order."""
+        return list(dict.fromkeys(k for k in keys if k not in self._where))
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32 vectors for keys that are all stored (flushes pending vectors first)."""
+        self.flush()
+        out = np.empty((len(keys), self.dim), np.float32)
+        for i, key in enumerate(keys):
+            shard, row = self._where[key]
+            out[i] = self._shards[shard][row]
+        return out
+
+    def iter_chunks(self, keys: Sequence[str], chunk: int = 65_536) -> Iterator[np.ndarray]:
+        """The vectors of ``keys`` in order, ``chunk`` rows at a time (bounded memory)."""
+        for start in range(0, len(keys), chunk):
+            yield self.get(keys[start:start + chunk])
+
+    # -- writing ----------------------------------------------------------------------------------
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        if vectors.shape != (len(keys), self.dim):
+            raise ValueError(f"expected ({len(keys)}, {self.dim}) vectors, got {vectors.shape}")
+        self._pending_keys.extend(keys)
+        self._pending_vecs.append(np.asarray(vectors, STORE_DTYPE))
+        if len(self._pending_keys) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending_keys:
+            return
+        number = max(self._shards, default=0) + 1
+        keys_path, vecs_path, sidecar = self._shard_files(number)
+        keys = np.array(self._pending_keys, dtype="S64")
+        vecs = np.concatenate(self._pending_vecs)
+        write_npy(keys_path, keys)
+        write_npy(vecs_path, vecs)
+        write_json(sidecar, {"count": len(keys), "dim": self.dim, "keys_sha256": _sha256_file(keys_path),
+                             "vecs_sha256": _sha256_file(vecs_path)})
+        self._shards[number] = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
+        for row, key in enumerate(self._pending_keys):
+            self._where[key] = (number, row)
+        self._pending_keys, self._pending_vecs = [], []
+
+
+@dataclass
+class EmbedStats:
+    """What one ``embed_missing`` call did, for the run summary and report."""
+
+    requested: int = 0
+    cached: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)  # one-line messages
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.embedded / self.seconds if self.embedded and self.seconds > 0 else None
+
+
+def embed_missing(
+    backbone: Backbone,
+    cache: EmbeddingCache,
+    keys: Sequence[str],
+    load: Callable[[str], np.ndarray],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "embed",
+    workers: int = 2,
+) -> EmbedStats:
+    """Embed every key not yet in ``cache``; ``load(key)`` returns its RGB uint8 image.
+
+    Images are loaded and resized in worker threads (OpenCV releases the GIL) a few batches ahead
+    of the model. A key whose image cannot be loaded is reported in ``failures`` and skipped.
+    """
+    from tqdm import tqdm
+
+    stats = EmbedStats(requested=len(set(keys)))
+    todo = cache.missing(keys)
+    stats.cached = stats.requested - len(todo)
+    if not todo:
+        return stats
+
+    def load_resized(key: str) -> np.ndarray | str:
+        try:
+            return backbone.resize(load(key))
+        except (OSError, ValueError) as exc:
+            return str(exc)
+
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    started = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"{desc} [{backbone.name}]", unit="img", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque[tuple[list[str], list[concurrent.futures.Future[np.ndarray | str]]]]
+        pending = collections.deque()
+        queued = iter(batches)
+        for batch_keys in queued:  # prime a bounded look-ahead (bounded memory)
+            pending.append((batch_keys, [pool.submit(load_resized, k) for k in batch_keys]))
+            if len(pending) == 3:
+                break
+        while pending:
+            batch_keys, futures = pending.popleft()
+            nxt = next(queued, None)
+            if nxt is not None:
+                pending.append((nxt, [pool.submit(load_resized, k) for k in nxt]))
+            images, good = [], []
+            for key, fut in zip(batch_keys, futures, strict=True):
+                result = fut.result()
+                if isinstance(result, str):
+                    stats.failures.append(result)
+                else:
+                    images.append(result)
+                    good.append(key)
+            if images:
+                cache.put(good, backbone.embed(np.stack(images)))
+                stats.embedded += len(good)
+            bar.update(len(batch_keys))
+    cache.flush()
+    bar.close()
+    stats.seconds = time.perf_counter() - started
+    return stats
