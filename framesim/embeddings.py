@@ -3,7 +3,7 @@
 Layout of one cache (one per backbone and weights) under ``<dataset>/embeddings/<backbone>/<weights-tag>/``::
 
     header.json                 format, version, backbone, weights, dim, dtype
-    shard-000001.keys.npy       (n,) S64 pixel sha256s
+    shard-000001.keys.npy       (n,) bytes: the keys (pixel sha256s)
     shard-000001.vecs.npy       (n, dim) float16 vectors (L2-normalised before the cast)
     shard-000001.json           count and sha256 of both files: written last, so it marks the shard complete
 
@@ -161,7 +161,7 @@ class EmbeddingCache:
             return
         number = max(self._shards, default=0) + 1
         keys_path, vecs_path, sidecar = self._shard_files(number)
-        keys = np.array(self._pending_keys, dtype="S64")
+        keys = np.array([k.encode() for k in self._pending_keys])  # S<longest>: never truncates
         vecs = np.concatenate(self._pending_vecs)
         write_npy(keys_path, keys)
         write_npy(vecs_path, vecs)

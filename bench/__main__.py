@@ -1,0 +1,117 @@
+"""Throughput benchmarks, each a ratio measured in one run so machine noise cancels out.
+
+    python -m bench extract ../shared/media/videos/bikes.mp4      # extract at 1 fps vs decode-only
+    python -m bench backbones -b efficientnet-lite0 -b resnet50   # model forward vs end-to-end embed
+
+Medians of ``--repeat`` runs are printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from framesim.backbones import Backbone
+
+
+def _median_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@click.group()
+def main() -> None:
+    """framesim benchmarks."""
+
+
+@main.command()
+@click.argument("video", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--fps", default=1.0, show_default=True)
+@click.option("--repeat", default=5, show_default=True)
+def extract(video: Path, fps: float, repeat: int) -> None:
+    """Decode-only (sequential grab) frames/s against framesim extract at --fps."""
+    from framesim.dataset import extract as run_extract
+
+    def decode_only() -> int:
+        cap = cv2.VideoCapture(str(video))
+        n = 0
+        while cap.grab():
+            n += 1
+        cap.release()
+        return n
+
+    n_frames = decode_only()
+    t_decode = _median_time(decode_only, repeat)
+
+    def do_extract() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            run_extract([video], Path(d) / "ds", fps=fps, progress=False)
+
+    t_extract = _median_time(do_extract, repeat)
+    print(f"video: {video} ({n_frames} frames)")
+    print(f"decode only (grab):   {n_frames / t_decode:8.1f} frames/s")
+    print(f"extract at {fps:g} fps:    {n_frames / t_extract:8.1f} frames/s of video  "
+          f"({t_extract:.3f} s, ratio to decode-only {t_decode / t_extract:.2f})")
+
+
+@main.command()
+@click.option("-b", "--backbone", "names", multiple=True, default=["efficientnet-lite0"], show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--images", default=96, show_default=True, help="Images per end-to-end run.")
+@click.option("--repeat", default=3, show_default=True)
+@click.option("--random-weights", is_flag=True, help="weights=None for Keras models (no download needed).")
+def backbones(names: tuple[str, ...], batch_size: int, images: int, repeat: int, random_weights: bool) -> None:
+    """Model forward images/s against end-to-end embed (JPEG decode + resize + model + cache write)."""
+    from framesim.backbones import get_backbone
+    from framesim.images import pixel_sha256
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as d:
+        # 720p JPEG frames with some structure (smooth noise), as extract would store them.
+        paths = {}
+        for i in range(images):
+            small = rng.integers(0, 256, (45, 80, 3), dtype=np.uint8)
+            img = cv2.resize(small, (1280, 720), interpolation=cv2.INTER_CUBIC)
+            path = Path(d) / f"{i:05d}.jpg"
+            cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            paths[pixel_sha256(img)] = path
+        print(f"{'backbone':20s} {'forward img/s':>14s} {'end-to-end img/s':>17s} {'ratio':>6s}")
+        for name in names:
+            kwargs = {"weights": None} if random_weights and name in ("vgg16", "resnet50", "resnet101") else {}
+            fwd, e2e = _measure_backbone(get_backbone(name, **kwargs), paths, batch_size, images, repeat)
+            print(f"{name:20s} {fwd:14.1f} {e2e:17.1f} {e2e / fwd:6.2f}")
+
+
+def _measure_backbone(bb: Backbone, paths: dict[str, Path], batch_size: int, images: int,
+                      repeat: int) -> tuple[float, float]:
+    """(model-only images/s on ready batches, end-to-end images/s from JPEG files into a fresh cache)."""
+    from framesim.embeddings import EmbeddingCache, embed_missing
+    from framesim.images import load_image
+
+    batch = np.random.default_rng(1).integers(0, 256, (batch_size, bb.input_size, bb.input_size, 3), np.uint8)
+    bb.embed(batch)  # trace / warm up
+    n_batches = max(1, images // batch_size)
+    t_fwd = _median_time(lambda: [bb.embed(batch) for _ in range(n_batches)], repeat)
+
+    def end_to_end() -> None:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            embed_missing(bb, EmbeddingCache(cache_dir, bb), list(paths), lambda k: load_image(paths[k]),
+                          batch_size=batch_size, progress=False)
+
+    t_e2e = _median_time(end_to_end, repeat)
+    return n_batches * batch_size / t_fwd, len(paths) / t_e2e
+
+
+if __name__ == "__main__":
+    main()
