@@ -26,7 +26,7 @@ def make_examples(video: Path, folder: Path) -> None:
     for i in range(30):
         ok, bgr = cap.read()
         if i in (4, 22):
-            cv2.imwrite(str(folder / f"ex{i}.jpg"), bgr[10:-10, 10:-10])
+            cv2.imwrite(str(folder / f"ex{i}.jpg"), cv2.resize(bgr, (80, 60)), [cv2.IMWRITE_JPEG_QUALITY, 70])
     cap.release()
 
 
