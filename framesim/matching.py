@@ -22,7 +22,7 @@ from framesim.backbones.base import Backbone, get_backbone
 from framesim.dataset import FrameDataset
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
 from framesim.images import ImageError, find_images, load_image, pixel_sha256
-from framesim.index import make_index
+from framesim.index import auto_factory, make_index
 
 PAIRS_COLUMNS = ["backbone", "example", "frame_id", "video", "frame_index", "timestamp_s", "score", "rank"]
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -205,7 +205,8 @@ def match(
         "dataset": str(ds.root.resolve()), "examples_root": str(root),
         "examples": [e.name for e in example_list], "failed_examples": failed_examples,
         "n_videos": int(manifest["video"].nunique()), "n_frames": len(manifest),
-        "n_examples": len(example_list), "index": index or "auto", "top_k": top_k, "min_score": min_score,
+        "n_examples": len(example_list), "top_k": top_k, "min_score": min_score,
+        "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
         "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": None,
     }
     result = MatchResult(pairs=pairs, run=run, failures=failures)
