@@ -64,3 +64,33 @@ def make_video(tmp_path: Path) -> Callable[..., Path]:
         return write_video(tmp_path / name, n_frames, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+def write_avi(path: Path, n_frames: int, fps: float = 25.0, size: tuple[int, int] = (160, 120),
+              scene_starts: Sequence[int] = (0,)) -> Path:
+    """Like write_video but MJPG in AVI: a truncated copy still opens (OpenCV's mp4 keeps its index
+    at the end), which is what tests of videos that break off mid-way need."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened(), f"cannot open VideoWriter for {path}"
+    starts = sorted(scene_starts)
+    for i in range(n_frames):
+        writer.write(synthetic_frame(i, sum(1 for s in starts if s <= i) - 1, size))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def make_truncated_avi(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: make_truncated_avi(name="cut.avi", n_frames=100, keep=0.5) -> an AVI cut after ``keep``
+    of its bytes; its header still declares ``n_frames``."""
+
+    def make(name: str = "cut.avi", n_frames: int = 100, keep: float = 0.5, **kwargs: object) -> Path:
+        full = write_avi(tmp_path / f"full-{name}", n_frames, **kwargs)  # type: ignore[arg-type]
+        data = full.read_bytes()
+        full.unlink()
+        out = tmp_path / name
+        out.write_bytes(data[: int(len(data) * keep)])
+        return out
+
+    return make
