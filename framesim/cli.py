@@ -77,8 +77,12 @@ def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: i
     except (DatasetLockedError, ValueError, OSError) as exc:
         _fatal(str(exc))
         return
+    if not summary.videos_done and not summary.failures:
+        _fatal(f"no video files found in {', '.join(map(str, inputs))}")
     click.echo(f"{summary.frames_added} frames added ({summary.frames_existing} already in the dataset) "
                f"from {len(summary.videos_done)} videos in {summary.seconds:.1f} s -> {dataset}")
+    for video, note in summary.notes:
+        click.echo(f"note: {video}: {note}", err=True)
     if summary.failures:
         click.echo(f"{len(summary.failures)} videos failed:", err=True)
         for video, reason in summary.failures:

@@ -67,6 +67,9 @@ def test_extract_reports_bad_video_on_one_line_and_goes_on(
 def test_usage_errors_exit_2(runner: CliRunner, tmp_path: Path, make_video: Callable[..., Path]) -> None:
     video = make_video("v.mp4", n_frames=5)
     assert runner.invoke(cli, ["extract", str(video), "--every", "2", "--scene"]).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(cli, ["extract", str(tmp_path / "empty"), "-o", str(tmp_path / "ds")])
+    assert res.exit_code == 2 and "no video files found" in res.stderr
     assert runner.invoke(cli, ["match", str(video), "-d", str(tmp_path)]).exit_code == 2  # empty dataset
     res = runner.invoke(cli, ["match", str(video), "-d", str(tmp_path), "-b", "nope"])
     assert res.exit_code == 2
