@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -94,3 +94,16 @@ def make_truncated_avi(tmp_path: Path) -> Callable[..., Path]:
         return out
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_framesim_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Converted weights go to a temporary FRAMESIM_HOME, never the user's ~/.cache/framesim."""
+    home = tmp_path_factory.mktemp("framesim-home")
+    old = os.environ.get("FRAMESIM_HOME")
+    os.environ["FRAMESIM_HOME"] = str(home)
+    yield
+    if old is None:
+        os.environ.pop("FRAMESIM_HOME", None)
+    else:
+        os.environ["FRAMESIM_HOME"] = old

@@ -227,7 +227,8 @@ def read_legacy(data: bytes) -> Any:
         keys = _load_pickle(fh)
     except (pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"cannot unpickle ({exc})") from exc
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, MemoryError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+            MemoryError) as exc:
         # Malformed opcodes surface as all sorts of errors from the pickle machinery.
         raise ValueError(f"cannot unpickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
