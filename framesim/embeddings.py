@@ -7,7 +7,7 @@ Layout of one cache (one per backbone and weights) under ``<dataset>/embeddings/
     shard-000001.vecs.npy       (n, dim) float16 vectors (L2-normalised before the cast)
     shard-000001.json           count and sha256 of both files: written last, so it marks the shard complete
 
-A run appends a shard every ``flush_every`` new vectors, so an interrupted run loses at most one
+A run appends a shard every ``flush_every`` new vectors or ``flush_seconds``, so an interrupted run loses at most one
 shard of work and the next run embeds only what is missing. A shard whose sidecar is missing or whose
 checksum does not match (truncated, edited, other dim) is ignored and deleted, never silently used.
 """
@@ -57,11 +57,15 @@ def _sha256_file(path: Path) -> str:
 class EmbeddingCache:
     """Append-only store of vectors by key for one backbone and weights."""
 
-    def __init__(self, root: str | Path, backbone: Backbone, flush_every: int = 1024) -> None:
+    def __init__(self, root: str | Path, backbone: Backbone, flush_every: int = 1024,
+                 flush_seconds: float = 30.0) -> None:
         self.backbone = backbone
         self.dim = backbone.dim
         self.dir = Path(root) / backbone.name / weights_tag(backbone)
         self.flush_every = flush_every
+        # Slow backbones (VGG16: a few images/s) would otherwise risk minutes of work per interrupt.
+        self.flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
         self._pending_keys: list[str] = []
         self._pending_vecs: list[np.ndarray] = []
         self._where: dict[str, tuple[int, int]] = {}  # key -> (shard number, row)
@@ -153,10 +157,12 @@ class EmbeddingCache:
             raise ValueError(f"expected ({len(keys)}, {self.dim}) vectors, got {vectors.shape}")
         self._pending_keys.extend(keys)
         self._pending_vecs.append(np.asarray(vectors, STORE_DTYPE))
-        if len(self._pending_keys) >= self.flush_every:
+        if (len(self._pending_keys) >= self.flush_every
+                or time.monotonic() - self._last_flush >= self.flush_seconds):
             self.flush()
 
     def flush(self) -> None:
+        self._last_flush = time.monotonic()
         if not self._pending_keys:
             return
         number = max(self._shards, default=0) + 1
