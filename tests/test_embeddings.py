@@ -105,3 +105,30 @@ def test_unreadable_image_is_reported_and_skipped(tmp_path: Path) -> None:
     stats = embed_missing(bb, cache, keys, load, batch_size=4, progress=False)
     assert stats.embedded == 5 and stats.failures == ["broken.jpg: not a readable image"]
     assert keys[2] not in cache and all(k in cache for k in keys if k != keys[2])
+
+
+def test_interrupted_embedding_resumes_with_identical_results(tmp_path: Path) -> None:
+    bb = get_backbone("tiny-image")
+    table = images(100)
+    keys = list(table)
+    loaded = 0
+
+    def interrupting_load(key: str) -> np.ndarray:
+        nonlocal loaded
+        loaded += 1
+        if loaded == 60:
+            raise KeyboardInterrupt  # the user presses Ctrl-C part-way through
+        return table[key]
+
+    cache = EmbeddingCache(tmp_path, bb, flush_every=16)
+    with pytest.raises(KeyboardInterrupt):
+        embed_missing(bb, cache, keys, interrupting_load, batch_size=8, workers=1, progress=False)
+    resumed = EmbeddingCache(tmp_path, bb)
+    survived = len(resumed)
+    assert 16 <= survived < 60  # whole shards survived, the unflushed tail did not
+    loader = CountingLoader(table)
+    embed_missing(bb, resumed, keys, loader, progress=False)
+    assert loader.calls == 100 - survived  # only the rest is embedded
+    fresh = EmbeddingCache(tmp_path / "fresh", bb)
+    embed_missing(bb, fresh, keys, CountingLoader(table), progress=False)
+    np.testing.assert_array_equal(resumed.get(keys), fresh.get(keys))
