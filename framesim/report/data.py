@@ -1,0 +1,190 @@
+"""Reading a run directory (``run.json``, ``pairs.parquet``/``pairs.csv``, the dataset manifest)
+into plain tables for the report. Nothing here renders; missing optional pieces become notes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PAIRS_COLUMNS = ("backbone", "example", "frame_id", "video", "frame_index", "timestamp_s", "score", "rank")
+
+
+class RunError(ValueError):
+    """The run directory cannot be reported on (no pairs table, or one that breaks the contract)."""
+
+
+@dataclass
+class RunData:
+    """Everything the report needs from one run, already normalised.
+
+    ``pairs`` has the contract's columns (plus ``correct`` when ground truth is present) and a
+    ``frame_key`` column (``str(frame_id)``), ordered by backbone (run order), example, rank.
+    ``frame_files`` maps frame_key -> (image path, width, height) for the frames in ``pairs``
+    that the dataset manifest knows.
+    """
+
+    run_dir: Path
+    info: dict[str, Any]
+    pairs: pd.DataFrame
+    backbones: list[str]
+    examples: list[str]
+    failed_examples: list[dict[str, str]]
+    frame_files: dict[str, tuple[Path, int | None, int | None]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return "correct" in self.pairs.columns and bool(self.pairs["correct"].notna().any())
+
+    @property
+    def backbone_info(self) -> dict[str, dict[str, Any]]:
+        return {str(b.get("name")): b for b in self.info.get("backbones") or [] if isinstance(b, dict)}
+
+    def example_path(self, example: str) -> Path:
+        root = self.info.get("examples_root")
+        return Path(root) / example if root else Path(example)
+
+
+def format_timestamp(seconds: float | None) -> str:
+    """``hh:mm:ss.mmm`` (hours grow past 99 if needed); '—' for missing or negative values."""
+    if seconds is None:
+        return "—"
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(s) or s < 0:
+        return "—"
+    ms_total = int(round(s * 1000.0))
+    h, rem = divmod(ms_total, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    sec, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{sec:02d}.{ms:03d}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Human duration: '850 ms', '12.3 s', '4 min 05 s', '1 h 02 min'."""
+    if seconds is None:
+        return "—"
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(s) or s < 0:
+        return "—"
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def _read_info(run_dir: Path, notes: list[str]) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        notes.append("run.json is missing: run details are unknown.")
+        return {}
+    except (OSError, ValueError) as exc:
+        notes.append(f"run.json is unreadable ({exc}): run details are unknown.")
+        return {}
+    if not isinstance(info, dict):
+        notes.append("run.json is not a JSON object: run details are unknown.")
+        return {}
+    return info
+
+
+def _read_pairs(run_dir: Path) -> pd.DataFrame:
+    parquet, csv = run_dir / "pairs.parquet", run_dir / "pairs.csv"
+    if parquet.is_file():
+        df = pd.read_parquet(parquet)
+    elif csv.is_file():
+        df = pd.read_csv(csv)
+    else:
+        raise RunError(f"{run_dir}: no pairs.parquet or pairs.csv (is this a `framesim match` run directory?)")
+    missing = [c for c in PAIRS_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunError(f"{run_dir}: pairs table lacks column(s) {', '.join(missing)}")
+    return df
+
+
+def _normalise_pairs(df: pd.DataFrame, backbone_order: list[str]) -> pd.DataFrame:
+    cols = list(PAIRS_COLUMNS) + (["correct"] if "correct" in df.columns else [])
+    out = pd.DataFrame({
+        "backbone": df["backbone"].astype(str).to_numpy(dtype=object),
+        "example": df["example"].astype(str).to_numpy(dtype=object),
+        "frame_id": df["frame_id"].to_numpy(),
+        "video": df["video"].astype(str).to_numpy(dtype=object),
+        "frame_index": pd.to_numeric(df["frame_index"], errors="coerce").to_numpy(dtype=np.float64),
+        "timestamp_s": pd.to_numeric(df["timestamp_s"], errors="coerce").to_numpy(dtype=np.float64),
+        "score": pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64),
+        "rank": pd.to_numeric(df["rank"], errors="coerce").fillna(0).to_numpy(dtype=np.int64),
+    })
+    if "correct" in cols:
+        out["correct"] = df["correct"].astype("boolean").to_numpy()
+    out["frame_key"] = [str(f) for f in out["frame_id"]]
+    out = out[np.isfinite(out["score"].to_numpy())]
+    order = {name: i for i, name in enumerate(backbone_order)}
+    out["_bb"] = out["backbone"].map(order)
+    return out.sort_values(["_bb", "example", "rank"], kind="stable").drop(columns="_bb").reset_index(drop=True)
+
+
+def _frame_files(info: dict[str, Any], pairs: pd.DataFrame,
+                 notes: list[str]) -> dict[str, tuple[Path, int | None, int | None]]:
+    dataset = info.get("dataset")
+    if not dataset or pairs.empty:
+        if not dataset:
+            notes.append("The run does not name its dataset: frame thumbnails are unavailable.")
+        return {}
+    manifest = Path(dataset) / "manifest.parquet"
+    try:
+        man = pd.read_parquet(manifest, columns=["frame_id", "path", "width", "height"])
+    except FileNotFoundError:
+        notes.append(f"Dataset manifest not found ({manifest}): frame thumbnails are unavailable.")
+        return {}
+    except Exception as exc:  # any unreadable manifest only costs thumbnails
+        notes.append(f"Dataset manifest unreadable ({manifest}: {exc}): frame thumbnails are unavailable.")
+        return {}
+    wanted = set(pairs["frame_key"])
+    keys = [str(f) for f in man["frame_id"]]
+    files: dict[str, tuple[Path, int | None, int | None]] = {}
+    widths = pd.to_numeric(man["width"], errors="coerce").to_numpy()
+    heights = pd.to_numeric(man["height"], errors="coerce").to_numpy()
+    for key, rel, w, h in zip(keys, man["path"], widths, heights, strict=True):
+        if key in wanted and isinstance(rel, str):
+            files[key] = (Path(dataset) / rel, int(w) if np.isfinite(w) else None,
+                          int(h) if np.isfinite(h) else None)
+    return files
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunData:
+    """Read a run directory. Raises RunError when there is no usable pairs table."""
+    run_dir = Path(run_dir)
+    notes: list[str] = []
+    info = _read_info(run_dir, notes)
+    raw = _read_pairs(run_dir)
+    order = [str(b.get("name")) for b in info.get("backbones") or [] if isinstance(b, dict)]
+    extra = sorted(set(raw["backbone"].astype(str)) - set(order))
+    backbones = order + extra
+    pairs = _normalise_pairs(raw, backbones)
+    examples = [str(e) for e in info.get("examples") or []]
+    seen = set(examples)
+    for e in pd.unique(pairs["example"]):
+        if e not in seen:
+            examples.append(e)
+            seen.add(e)
+    failed = [{"example": str(f.get("example", "")), "reason": str(f.get("reason", ""))}
+              for f in info.get("failed_examples") or [] if isinstance(f, dict)]
+    frame_files = _frame_files(info, pairs, notes)
+    return RunData(run_dir=run_dir, info=info, pairs=pairs, backbones=backbones, examples=examples,
+                   failed_examples=failed, frame_files=frame_files, notes=notes)
