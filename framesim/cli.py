@@ -120,11 +120,13 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder for pairs and report [default: reports/<date-time>].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--ground-truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV with example,video,timestamp_s: marks each pair correct or not (within 1 s).")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
           top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
-          no_report: bool, quiet: bool) -> None:
+          ground_truth: Path | None, no_report: bool, quiet: bool) -> None:
     """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
@@ -138,7 +140,8 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
     try:
         result = run_match(list(examples), dataset, list(dict.fromkeys(backbones)), top_k=top_k or None,
                            min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
-                           out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error)
+                           out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
+                           ground_truth=ground_truth)
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
         _fatal(str(exc))
         return
@@ -149,6 +152,11 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
                    f"{b['examples_embedded']} examples embedded ({speed})")
     click.echo(f"{len(result.pairs)} pairs for {run['n_examples']} examples x {run['n_frames']} frames "
                f"in {run['seconds']:.1f} s")
+    truth = run["ground_truth"]
+    if truth:
+        for name, hits in truth["top1_correct"].items():
+            click.echo(f"{name}: best frame correct for {hits} of {truth['n_examples_with_source']} examples "
+                       f"with a known source (+{truth['n_distractors']} distractors)")
     click.echo(f"pairs:  {out / 'pairs.csv'}")
     if not no_report:
         from framesim.report import write_report

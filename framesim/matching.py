@@ -149,10 +149,12 @@ def match(
     batch_size: int = 32,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    ground_truth: str | os.PathLike[str] | None = None,
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
     ``weights`` maps a backbone name to its weights (``"imagenet"``, a file, or ``None`` for random).
+    With ``ground_truth`` (a CSV, see ``read_ground_truth``) the pairs get a ``correct`` column.
     With ``out_dir`` the pairs (CSV + Parquet) and ``run.json`` are written there, atomically.
     """
     started = time.perf_counter()
@@ -198,6 +200,11 @@ def match(
             backbone_runs.append(_backbone_summary(backbone, frame_stats, example_stats, search_seconds))
 
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRS_COLUMNS)
+    truth_info = None
+    if ground_truth is not None:
+        truth = read_ground_truth(ground_truth)
+        pairs = label_pairs(pairs, truth)
+        truth_info = _truth_summary(pairs, truth, ground_truth)
     run = {
         "format": RUN_FORMAT, "version": RUN_VERSION,
         "run": Path(out_dir).name if out_dir else None,
@@ -207,7 +214,7 @@ def match(
         "n_videos": int(manifest["video"].nunique()), "n_frames": len(manifest),
         "n_examples": len(example_list), "top_k": top_k, "min_score": min_score,
         "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
-        "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": None,
+        "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": truth_info,
     }
     result = MatchResult(pairs=pairs, run=run, failures=failures)
     if out_dir is not None:
@@ -243,6 +250,54 @@ def _backbone_summary(backbone: Backbone, frames: EmbedStats, examples: EmbedSta
         "examples_embedded": examples.embedded, "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if embedded and seconds > 0 else None,
         "search_seconds": round(search_seconds, 4),
+    }
+
+
+def read_ground_truth(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A ground-truth CSV: ``example, video, timestamp_s``; an empty video marks an example from no video."""
+    truth = pd.read_csv(path, dtype={"example": str, "video": str}, keep_default_na=False)
+    missing = {"example", "video", "timestamp_s"} - set(truth.columns)
+    if missing:
+        raise ValueError(f"{path}: ground truth needs columns example, video, timestamp_s; missing {sorted(missing)}")
+    truth["timestamp_s"] = pd.to_numeric(truth["timestamp_s"], errors="coerce")
+    return truth
+
+
+def _same_video(pair_video: str, truth_video: str) -> bool:
+    # The truth names a video as the user knows it ("bikes.mp4", "cam1/day2.mp4"); the pairs hold the
+    # path given to extract. They match when one is a path suffix of the other.
+    a, b = Path(pair_video).as_posix(), Path(truth_video).as_posix()
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
+
+
+def label_pairs(pairs: pd.DataFrame, truth: pd.DataFrame, tolerance_s: float = 1.0) -> pd.DataFrame:
+    """Add ``correct``: the frame is from the example's source video within ``tolerance_s`` of its time.
+
+    Examples absent from the truth get ``correct`` = NA (unknown); examples whose truth has no video
+    (distractors) are wrong wherever they match.
+    """
+    by_example = {r.example: (r.video, r.timestamp_s) for r in truth.itertuples(index=False)}
+
+    def correct(row: Any) -> Any:
+        if row.example not in by_example:
+            return pd.NA
+        video, t = by_example[row.example]
+        return bool(video) and _same_video(row.video, video) and abs(row.timestamp_s - t) <= tolerance_s
+
+    out = pairs.copy()
+    out["correct"] = pd.array([correct(r) for r in pairs.itertuples(index=False)], dtype="boolean")
+    return out
+
+
+def _truth_summary(pairs: pd.DataFrame, truth: pd.DataFrame, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """How many examples with a known source each backbone puts a correct frame first for."""
+    sourced = set(truth.loc[truth["video"] != "", "example"]) & set(pairs["example"])
+    top1 = pairs[(pairs["rank"] == 1) & pairs["example"].isin(sourced)]
+    return {
+        "file": str(Path(path).resolve()), "tolerance_s": 1.0,
+        "n_examples_with_source": len(sourced),
+        "n_distractors": int(((truth["video"] == "") & truth["example"].isin(pairs["example"])).sum()),
+        "top1_correct": {b: int(g["correct"].sum()) for b, g in top1.groupby("backbone", sort=False)},
     }
 
 

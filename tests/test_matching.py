@@ -143,3 +143,21 @@ def test_efficientnet_lite0_finds_the_source_of_edited_sample_examples(shared_me
     assert share >= 0.8
     # The distractor's best score is below every true match's best score.
     assert top1.loc["distractor_coffee.jpg", "score"] < top1.loc[list(truth["example"]), "score"].min()
+
+
+def test_label_pairs_matches_video_by_path_suffix_and_time_within_tolerance(tmp_path: Path) -> None:
+    from framesim.matching import label_pairs, read_ground_truth
+
+    gt = tmp_path / "truth.csv"
+    gt.write_text("example,video,timestamp_s\na.jpg,cam1/day.mp4,10.0\nd.jpg,,\n")
+    pairs = pd.DataFrame({
+        "example": ["a.jpg", "a.jpg", "a.jpg", "a.jpg", "d.jpg", "x.jpg"],
+        "video": ["/data/cam1/day.mp4", "/data/cam1/day.mp4", "/data/cam2/day.mp4", "day.mp4", "/v.mp4", "/v.mp4"],
+        "timestamp_s": [10.9, 11.2, 10.0, 10.0, 3.0, 3.0],
+    })
+    correct = label_pairs(pairs, read_ground_truth(gt), tolerance_s=1.0)["correct"].tolist()
+    # within 1 s | 1.2 s off | other folder | bare name is a suffix | distractor | not in the truth
+    assert correct[:5] == [True, False, False, True, False] and correct[5] is pd.NA
+    (tmp_path / "bad.csv").write_text("example,when\na.jpg,3\n")
+    with pytest.raises(ValueError, match="missing"):
+        read_ground_truth(tmp_path / "bad.csv")
