@@ -4,6 +4,7 @@ so an interrupted run or a full disk never leaves a half-written file where a go
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -77,3 +78,12 @@ def write_table(df: pd.DataFrame, parquet: str | os.PathLike[str] | None = None,
     if csv is not None:
         with atomic_path(csv) as tmp:
             df.to_csv(tmp, index=False)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

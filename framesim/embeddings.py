@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framesim._io import write_json, write_npy
+from framesim._io import sha256_file, write_json, write_npy
 from framesim.backbones.base import Backbone
 
 FORMAT = "framesim-embeddings"
@@ -44,14 +44,6 @@ def weights_tag(backbone: Backbone) -> str:
     stat = path.stat() if path.exists() else None
     ident = f"{path.resolve()}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}"
     return f"file-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class EmbeddingCache:
@@ -112,8 +104,8 @@ class EmbeddingCache:
         keys_path, vecs_path, _ = self._shard_files(number)
         try:
             meta = json.loads(sidecar.read_text())
-            if (meta.get("dim") != self.dim or _sha256_file(keys_path) != meta["keys_sha256"]
-                    or _sha256_file(vecs_path) != meta["vecs_sha256"]):
+            if (meta.get("dim") != self.dim or sha256_file(keys_path) != meta["keys_sha256"]
+                    or sha256_file(vecs_path) != meta["vecs_sha256"]):
                 return False
             keys = np.load(keys_path, allow_pickle=False)
             vecs = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
@@ -171,8 +163,8 @@ class EmbeddingCache:
         vecs = np.concatenate(self._pending_vecs)
         write_npy(keys_path, keys)
         write_npy(vecs_path, vecs)
-        write_json(sidecar, {"count": len(keys), "dim": self.dim, "keys_sha256": _sha256_file(keys_path),
-                             "vecs_sha256": _sha256_file(vecs_path)})
+        write_json(sidecar, {"count": len(keys), "dim": self.dim, "keys_sha256": sha256_file(keys_path),
+                             "vecs_sha256": sha256_file(vecs_path)})
         self._shards[number] = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
         for row, key in enumerate(self._pending_keys):
             self._where[key] = (number, row)

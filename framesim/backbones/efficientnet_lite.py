@@ -20,7 +20,6 @@ only when a backbone is built.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from framesim._io import sha256_file
 from framesim.backbones.base import BackboneError, register_backbone
 from framesim.backbones.keras_base import KerasBackbone, quiet_tensorflow
 from framesim.backbones.torch_pth import load_state_dict
@@ -257,14 +257,6 @@ def package_weights_path(variant: LiteVariant) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_name_hash(path: Path, sha: str) -> None:

@@ -52,15 +52,19 @@ class RunData:
         return Path(root) / example if root else Path(example)
 
 
+def _seconds(value: object) -> float | None:
+    """``value`` as a finite, non-negative number of seconds, else None."""
+    try:
+        s = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return s if math.isfinite(s) and s >= 0 else None
+
+
 def format_timestamp(seconds: float | None) -> str:
     """``hh:mm:ss.mmm`` (hours grow past 99 if needed); '—' for missing or negative values."""
-    if seconds is None:
-        return "—"
-    try:
-        s = float(seconds)
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(s) or s < 0:
+    s = _seconds(seconds)
+    if s is None:
         return "—"
     ms_total = int(round(s * 1000.0))
     h, rem = divmod(ms_total, 3_600_000)
@@ -71,13 +75,8 @@ def format_timestamp(seconds: float | None) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """Human duration: '850 ms', '12.3 s', '4 min 05 s', '1 h 02 min'."""
-    if seconds is None:
-        return "—"
-    try:
-        s = float(seconds)
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(s) or s < 0:
+    s = _seconds(seconds)
+    if s is None:
         return "—"
     if s < 1:
         return f"{s * 1000:.0f} ms"
