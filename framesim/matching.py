@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,11 +150,14 @@ def match(
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
     ground_truth: str | os.PathLike[str] | None = None,
+    exclude_videos: Collection[str] = (),
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
     ``weights`` maps a backbone name to its weights (``"imagenet"``, a file, or ``None`` for random).
     With ``ground_truth`` (a CSV, see ``read_ground_truth``) the pairs get a ``correct`` column.
+    Frames of ``exclude_videos`` (values of the manifest's ``video`` or ``video_id``) are left out of
+    the index: evaluation holds videos out to make distractors that come from no indexed video.
     With ``out_dir`` the pairs (CSV + Parquet) and ``run.json`` are written there, atomically.
     """
     started = time.perf_counter()
@@ -169,6 +172,11 @@ def match(
 
     with ds.lock():
         manifest = ds.manifest()
+        if exclude_videos:
+            held_out = manifest["video"].isin(exclude_videos)
+            if "video_id" in manifest:
+                held_out |= manifest["video_id"].isin(exclude_videos)
+            manifest = manifest[~held_out].reset_index(drop=True)
         if manifest.empty:
             raise ValueError(f"{ds.root}: the dataset has no frames; run `framesim extract` first")
         example_list, root, failed_examples = load_examples(inputs, on_error=None)

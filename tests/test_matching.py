@@ -161,3 +161,15 @@ def test_label_pairs_matches_video_by_path_suffix_and_time_within_tolerance(tmp_
     (tmp_path / "bad.csv").write_text("example,when\na.jpg,3\n")
     with pytest.raises(ValueError, match="missing"):
         read_ground_truth(tmp_path / "bad.csv")
+
+
+def test_excluded_videos_are_not_indexed(
+    scene_dataset: tuple[Path, Path], tmp_path: Path, make_video: Callable[..., Path]
+) -> None:
+    video, dataset = scene_dataset
+    other = make_video("other.mp4", n_frames=20, fps=10, size=(160, 120), scene_starts=(0,))
+    extract([other], dataset, every=10, progress=False)
+    write_examples(video, tmp_path / "examples")
+    result = match(tmp_path / "examples", dataset, ["tiny-image"], top_k=100, progress=False,
+                   exclude_videos=[str(video)])
+    assert set(result.pairs["video"]) == {str(other)} and result.run["n_frames"] == 2
