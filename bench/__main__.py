@@ -22,12 +22,19 @@ from framesim.backbones import Backbone
 
 
 def _median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
+    return _median_times(fn, repeat)[0]
+
+
+def _median_times(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median (wall seconds, process CPU seconds). CPU time barely moves when other processes load
+    the machine, so it is the steadier number on a shared 2-core box; wall time is what users see."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 @click.group()
@@ -86,31 +93,35 @@ def backbones(names: tuple[str, ...], batch_size: int, images: int, repeat: int,
             path = Path(d) / f"{i:05d}.jpg"
             cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
             paths[pixel_sha256(img)] = path
-        print(f"{'backbone':20s} {'forward img/s':>14s} {'end-to-end img/s':>17s} {'ratio':>6s}")
+        print(f"{'backbone':20s} {'forward img/s':>14s} {'end-to-end img/s':>17s} {'ratio':>6s} "
+              f"{'fwd CPU ms/img':>15s} {'e2e CPU ms/img':>15s}")
         for name in names:
             kwargs = {"weights": None} if random_weights and name in ("vgg16", "resnet50", "resnet101") else {}
-            fwd, e2e = _measure_backbone(get_backbone(name, **kwargs), paths, batch_size, images, repeat)
-            print(f"{name:20s} {fwd:14.1f} {e2e:17.1f} {e2e / fwd:6.2f}")
+            fwd, e2e, fwd_cpu, e2e_cpu = _measure_backbone(get_backbone(name, **kwargs), paths, batch_size,
+                                                           images, repeat)
+            print(f"{name:20s} {fwd:14.1f} {e2e:17.1f} {e2e / fwd:6.2f} {fwd_cpu * 1e3:15.1f} {e2e_cpu * 1e3:15.1f}")
 
 
 def _measure_backbone(bb: Backbone, paths: dict[str, Path], batch_size: int, images: int,
-                      repeat: int) -> tuple[float, float]:
-    """(model-only images/s on ready batches, end-to-end images/s from JPEG files into a fresh cache)."""
+                      repeat: int) -> tuple[float, float, float, float]:
+    """Model-only images/s on ready batches, end-to-end images/s from JPEG files into a fresh cache,
+    and the CPU seconds per image of each."""
     from framesim.embeddings import EmbeddingCache, embed_missing
     from framesim.images import load_image
 
     batch = np.random.default_rng(1).integers(0, 256, (batch_size, bb.input_size, bb.input_size, 3), np.uint8)
     bb.embed(batch)  # trace / warm up
     n_batches = max(1, images // batch_size)
-    t_fwd = _median_time(lambda: [bb.embed(batch) for _ in range(n_batches)], repeat)
+    t_fwd, c_fwd = _median_times(lambda: [bb.embed(batch) for _ in range(n_batches)], repeat)
 
     def end_to_end() -> None:
         with tempfile.TemporaryDirectory() as cache_dir:
             embed_missing(bb, EmbeddingCache(cache_dir, bb), list(paths), lambda k: load_image(paths[k]),
                           batch_size=batch_size, progress=False)
 
-    t_e2e = _median_time(end_to_end, repeat)
-    return n_batches * batch_size / t_fwd, len(paths) / t_e2e
+    t_e2e, c_e2e = _median_times(end_to_end, repeat)
+    n_fwd = n_batches * batch_size
+    return n_fwd / t_fwd, len(paths) / t_e2e, c_fwd / n_fwd, c_e2e / len(paths)
 
 
 if __name__ == "__main__":
