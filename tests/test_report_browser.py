@@ -175,3 +175,39 @@ def test_report_controls_work_in_headless_chromium(chromium: str, tmp_path: Path
     assert seen["q"] == "9"  # crop_001 … crop_009, case-insensitive
     assert seen["none"] == "0|No example matches this filter."
     assert seen["tl"].endswith(".mp4") and seen["tl"] != ""
+
+
+def test_sample_run_report_in_headless_chromium(chromium: str, tmp_path: Path) -> None:
+    """The README's sample run, end to end through the real CLI and models; its report renders cleanly
+    with precision-recall (the sample ships ground truth); the screenshot is kept as an artefact."""
+    from click.testing import CliRunner
+
+    from framesim.cli import cli
+
+    runner = CliRunner()
+    dataset, run_dir = tmp_path / "dataset", tmp_path / "reports" / "sample"
+    res = runner.invoke(cli, ["extract", str(REPO / "samples" / "bikes.mp4"), "-o", str(dataset), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["match", str(REPO / "samples" / "examples"), "-d", str(dataset), "-o", str(run_dir),
+                              "-b", "efficientnet-lite0", "-b", "tiny-image", "-q",
+                              "--ground-truth", str(REPO / "samples" / "ground_truth.csv")])
+    assert res.exit_code == 0, res.output
+    assert "efficientnet-lite0: best frame correct for" in res.output
+    report = run_dir / "report.html"
+    assert report.is_file() and report.stat().st_size < 20_000_000
+
+    proc = run_chromium(chromium, report.resolve().as_uri(), "--dump-dom")
+    dom = proc.stdout
+    m = re.search(r'<div id="fs-errors"([^>]*)>(.*?)</div>', dom, re.S)
+    assert m and "hidden" in m.group(1) and not html_lib.unescape(m.group(2)).strip(), "script errors in the page"
+    assert not console_errors(proc.stderr), console_errors(proc.stderr)
+    for chart in ("fig-scores", "fig-agreement", "fig-timeline", "fig-pr"):
+        assert re.search(rf'<div class="chart js-plotly-plot" id="{chart}"', dom), f"{chart} not rendered"
+    assert dom.count('<article class="ex">') == 6
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "sample-report.png"
+    shot.unlink(missing_ok=True)
+    run_chromium(chromium, report.resolve().as_uri(), "--window-size=1400,4000", f"--screenshot={shot}")
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.copyfile(report, ARTIFACTS / "sample-report.html")
