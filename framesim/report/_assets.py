@@ -161,7 +161,7 @@ var BB=D.backbones;
 function plot(target,fig,react){if(!target||!fig||typeof Plotly==='undefined')return;
 var layout=fig.layout||{};if(TEMPLATE&&!layout.template)layout.template=TEMPLATE;
 (react?Plotly.react:Plotly.newPlot)(target,fig.data||[],layout,CONFIG);}
-['scores','agreement','pr'].forEach(function(k){if(FIGS[k])plot($('fig-'+k),FIGS[k]);});
+['scores','agreement','pr','edits'].forEach(function(k){if(FIGS[k])plot($('fig-'+k),FIGS[k]);});
 
 var sel=$('tl-select'),tl=$('fig-timeline');
 if(sel&&tl&&TL.length){TL.forEach(function(v,i){var o=el('option',null,v.label);o.value=String(i);sel.appendChild(o);});

@@ -16,6 +16,7 @@ import plotly.io as pio
 
 from framesim.report import figures, metrics
 from framesim.report.data import RunData, format_duration, format_timestamp
+from framesim.report.evaluation import evaluation_section
 from framesim.report.html import Page, Section, esc, safe_script_text, script_json
 from framesim.report.threshold import METHOD, Threshold, backbone_thresholds
 from framesim.report.thumbnails import EXAMPLE_THUMB, FRAME_THUMB, ThumbSpec, build_thumbnails
@@ -126,7 +127,7 @@ def _backbone_table(run: RunData, colors: Mapping[str, str], thresholds: Mapping
             "search time", "pairs", "median top-1", "median rank ≥ 2", "median margin top-1 − top-2",
             "top-1 vs rest AUC", "threshold", "η"]
     if gt:
-        head += ["AP", "best F1 (at score)"]
+        head += ["µAP", "recall at 90 % precision (at score)", "best F1 (at score)"]
     rows = []
     for b in run.backbones:
         bi = info.get(b, {})
@@ -150,6 +151,8 @@ def _backbone_table(run: RunData, colors: Mapping[str, str], thresholds: Mapping
         if gt:
             c = curves.get(b)
             cells += [esc(_fmt(c.average_precision if c else None)),
+                      esc(f"{c.recall_at_p90:.3f} ({_fmt(c.threshold_at_p90)})" if c and c.threshold_at_p90 is not None
+                          else "0 (—)" if c else "—"),
                       esc(f"{c.best_f1:.3f} ({_fmt(c.best_f1_threshold)})" if c and c.best_f1_threshold is not None
                           else "—")]
         rows.append("<tr>" + "".join(
@@ -257,9 +260,7 @@ def build_page(run: RunData, opts: ReportOptions | None = None) -> tuple[Page, d
     stats = {b: metrics.score_stats(pairs, b) for b in run.backbones}
     curves: dict[str, metrics.PRCurve] = {}
     if run.has_ground_truth:
-        gt = run.info.get("ground_truth")
-        n_pos = int(gt["n_positives"]) if isinstance(gt, dict) and isinstance(gt.get("n_positives"), int) \
-            else metrics.positives_pool(pairs)
+        n_pos, _ = _n_positives(run)
         curves = {b: metrics.pr_curve(pairs, b, n_pos) for b in run.backbones}
 
     sections: list[Section] = []
@@ -268,7 +269,8 @@ def build_page(run: RunData, opts: ReportOptions | None = None) -> tuple[Page, d
         "<b>median margin</b> is how far each example's best frame stands out from its runner-up (bigger = more "
         "decisive); <b>top-1 vs rest AUC</b> is the chance that a best score beats a lower-ranked one "
         "(0.5 = no separation, 1 = perfect); <b>threshold</b> and <b>η</b> are explained in the next section."
-        + (" <b>AP</b> is average precision against the ground truth." if curves else ""),
+        + (" <b>µAP</b> is micro-average precision against the ground truth (defined in the precision–recall "
+           "section)." if curves else ""),
         _backbone_table(run, colors, thresholds, stats, curves)))
 
     figs: dict[str, Any] = {"template": _template_json()}
@@ -318,16 +320,26 @@ def build_page(run: RunData, opts: ReportOptions | None = None) -> tuple[Page, d
 
     if curves:
         figs["pr"] = _fig_json(figures.pr_figure(curves, colors, thresholds))
-        n_pos = next(iter(curves.values())).n_positives
+        n_pos, stated = _n_positives(run)
         sections.append(Section(
             "pr", "Precision and recall against the ground truth",
-            "Each curve lowers the score threshold from the top: further <b>up and right</b> is better; AP (average "
-            "precision) sums it up. The <b>diamond</b> marks where the derived threshold lands, the <b>star</b> the "
-            f"threshold with the best F1. Recall counts the {n_pos:,} correct (example, frame) pairs"
-            + (" stated by the run." if isinstance(run.info.get("ground_truth"), dict)
-               and isinstance(run.info["ground_truth"].get("n_positives"), int)
-               else " found by any backbone (pooled), so it compares backbones but is not absolute recall."),
+            "Each curve lowers the score threshold from the top through all pairs of all examples (one list, "
+            "as in the DISC21 copy-detection challenge): further <b>up and right</b> is better; AP (micro-average "
+            "precision, µAP) sums it up. An example counts once, at its first correct frame (later correct frames "
+            "of the same example are left out); every wrong pair, distractors' included, lowers precision. The "
+            "<b>diamond</b> marks where the derived threshold lands, the <b>star</b> the threshold with the best "
+            f"F1, the <b>triangle</b> the highest recall at 90 % precision. Recall counts the {n_pos:,} examples"
+            + (" with a known source." if stated
+               else " with a correct frame found by any backbone (pooled), so it compares backbones but is not "
+               "absolute recall."),
             '<div class="chart" id="fig-pr"></div>', nav="Precision–recall"))
+
+    evaluation = run.info.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("table"):
+        section, fig = evaluation_section(evaluation, run.backbones, colors)
+        sections.insert(1, section)  # right after the backbone table: it is what an evaluation run is for
+        if fig is not None:
+            figs["edits"] = _fig_json(fig)
 
     payload, thumb_keys = _examples_payload(run, colors, thresholds, opts)
     longest = int(pairs.groupby(["backbone", "example"]).size().max()) if not pairs.empty else 0
@@ -390,6 +402,18 @@ def build_page(run: RunData, opts: ReportOptions | None = None) -> tuple[Page, d
     facts = {"thresholds": thresholds, "n_thumbnails": len(thumbs), "n_frame_thumbs_wanted": len(thumb_keys),
              "thumb_bytes": sum(len(v) for v in thumbs.values())}
     return page, facts
+
+
+def _n_positives(run: RunData) -> tuple[int, bool]:
+    """The recall denominator and whether the run states it: ``ground_truth.n_positives`` (set by
+    ``framesim evaluate``), else ``n_examples_with_source`` (set by ``match --ground-truth``), else the
+    examples any backbone found a correct frame for."""
+    gt = run.info.get("ground_truth")
+    if isinstance(gt, dict):
+        for key in ("n_positives", "n_examples_with_source"):
+            if isinstance(gt.get(key), int) and not isinstance(gt.get(key), bool) and gt[key] > 0:
+                return int(gt[key]), True
+    return metrics.positives_pool(run.pairs), False
 
 
 def payload_names(payload: Mapping[str, Any]) -> list[str]:

@@ -219,6 +219,41 @@ def pr_figure(curves: Mapping[str, PRCurve], colors: Mapping[str, str],
                 hovertemplate=f"{plot_text(b)} · best F1 {c.best_f1:.3f} at score {c.best_f1_threshold:.3f}"
                               "<extra></extra>",
             ))
+        if c.threshold_at_p90 is not None:
+            k = int(np.sum(c.scores >= c.threshold_at_p90))
+            fig.add_trace(go.Scatter(
+                x=[c.recall_at_p90], y=[float(c.precision[k - 1])], mode="markers", legendgroup=plot_text(b),
+                showlegend=False,
+                marker={"color": colors[b], "size": 12, "symbol": "triangle-up",
+                        "line": {"color": "white", "width": 1}},
+                hovertemplate=f"{plot_text(b)} · recall {c.recall_at_p90:.3f} at precision ≥ 0.9 "
+                              f"(score ≥ {c.threshold_at_p90:.3f})<extra></extra>",
+            ))
+    fig.add_hline(y=0.9, line={"color": REST_COLOR, "dash": "dot", "width": 1})
     fig.update_xaxes(title_text="recall", range=[0, 1.02])
     fig.update_yaxes(title_text="precision", range=[0, 1.05])
     return _base_layout(fig, height=440)
+
+
+def edit_bars_figure(table: pd.DataFrame, backbones: Sequence[str], colors: Mapping[str, str],
+                     edits: Sequence[str]) -> go.Figure:
+    """Per edit, grouped bars per backbone: µAP (top panel) and top-1 within 1 s (bottom panel),
+    from an evaluation table (``framesim.evaluation.metrics.TABLE_COLUMNS``)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("µAP (the edit's examples + all distractors)",
+                                        "top-1 within 1 s (share of the edit's examples)"))
+    labels = [plot_text(e) for e in edits]
+    for b in backbones:
+        sub = table[table["backbone"] == b].set_index("edit")
+        n = [int(sub.at[e, "n_examples"]) if e in sub.index else 0 for e in edits]
+        for row, col in ((1, "micro_ap"), (2, "top1_within_1s")):
+            vals = [float(sub.at[e, col]) if e in sub.index and pd.notna(sub.at[e, col]) else None for e in edits]
+            fig.add_trace(go.Bar(
+                x=labels, y=[None if v is None else round(v, 4) for v in vals], name=plot_text(b),
+                marker={"color": colors[b]}, legendgroup=plot_text(b), showlegend=(row == 1), customdata=n,
+                hovertemplate=f"{plot_text(b)} · %{{x}}<br>{'µAP' if row == 1 else 'top-1 within 1 s'} "
+                              "%{y:.3f}<br>%{customdata} examples<extra></extra>",
+            ), row=row, col=1)
+        fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.05)
+    return _base_layout(fig, height=620, margin={"l": 60, "r": 24, "t": 64, "b": 110})

@@ -111,7 +111,12 @@ def score_stats(pairs: pd.DataFrame, backbone: str) -> dict[str, float | None]:
 
 @dataclass(frozen=True)
 class PRCurve:
-    """Precision/recall as the score threshold is lowered through every pair of one backbone."""
+    """Precision/recall as the score threshold is lowered through one backbone's ranked pairs.
+
+    The list and the numbers follow ``framesim.evaluation.metrics`` (DISC21 µAP): per example only
+    its first correct pair is a true positive and its later correct pairs are left out of ``scores``,
+    so recall counts examples, out of ``n_positives`` examples with a source.
+    """
 
     backbone: str
     scores: np.ndarray
@@ -121,33 +126,34 @@ class PRCurve:
     best_f1: float
     best_f1_threshold: float | None
     n_positives: int
+    #: largest recall at a threshold with precision >= 0.9 (0 when none), and that threshold
+    recall_at_p90: float = 0.0
+    threshold_at_p90: float | None = None
 
 
 def positives_pool(pairs: pd.DataFrame) -> int:
-    """Distinct correct (example, frame) pairs found by any backbone: the recall denominator when
-    the run does not state the true number (pooling, as in TREC)."""
+    """Examples with a correct pair found by any backbone: the recall denominator when the run does
+    not state the number of examples with a source (pooling, as in TREC)."""
     ok = pairs[pairs["correct"].fillna(False).astype(bool)]
-    return int(len(ok.drop_duplicates(["example", "frame_key"])))
+    return int(ok["example"].nunique())
 
 
 def pr_curve(pairs: pd.DataFrame, backbone: str, n_positives: int) -> PRCurve:
-    """Precision-recall of one backbone's pairs against the ``correct`` column (unknown rows dropped)."""
+    """Precision-recall of one backbone's pairs against the ``correct`` column (unknown rows dropped),
+    with the definitions of ``framesim.evaluation.metrics``."""
+    from framesim.evaluation.metrics import micro_ap, ranked_pairs, recall_at_precision
+
     sub = pairs[(pairs["backbone"] == backbone) & pairs["correct"].notna()]
-    order = np.argsort(-sub["score"].to_numpy(dtype=np.float64), kind="stable")
-    scores = sub["score"].to_numpy(dtype=np.float64)[order]
-    correct = sub["correct"].astype(bool).to_numpy()[order]
-    if scores.size == 0 or n_positives <= 0:
+    if sub.empty or n_positives <= 0:
         empty = np.zeros(0)
         return PRCurve(backbone, empty, empty, empty, 0.0, 0.0, None, n_positives)
-    tp = np.cumsum(correct)
-    k = np.arange(1, scores.size + 1)
-    precision = tp / k
-    recall = tp / n_positives
-    ap = float(np.sum(precision[correct]) / n_positives)
+    ranked = ranked_pairs(sub, n_positives)
+    precision, recall, scores = ranked.precision, ranked.recall, ranked.scores
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     best = int(np.argmax(f1))
-    return PRCurve(backbone, scores, precision, recall, ap, float(f1[best]),
-                   float(scores[best]) if f1[best] > 0 else None, n_positives)
+    r90, t90 = recall_at_precision(ranked)
+    return PRCurve(backbone, scores, precision, recall, micro_ap(ranked), float(f1[best]),
+                   float(scores[best]) if f1[best] > 0 else None, n_positives, r90, t90)
 
 
 def operating_point(curve: PRCurve, threshold: float | None) -> tuple[float, float] | None:
