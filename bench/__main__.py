@@ -2,6 +2,8 @@
 
     python -m bench extract ../shared/media/videos/bikes.mp4      # extract at 1 fps vs decode-only
     python -m bench backbones -b efficientnet-lite0 -b resnet50   # model forward vs end-to-end embed
+    python -m bench backbones -b efficientnet-lite0:avg -b efficientnet-lite0:gem+flip   # descriptor costs
+    python -m bench verify ../shared/media/videos/bikes.mp4        # local-feature verification costs
 
 Medians of ``--repeat`` runs are printed.
 """
@@ -96,7 +98,8 @@ def backbones(names: tuple[str, ...], batch_size: int, images: int, repeat: int,
         print(f"{'backbone':20s} {'forward img/s':>14s} {'end-to-end img/s':>17s} {'ratio':>6s} "
               f"{'fwd CPU ms/img':>15s} {'e2e CPU ms/img':>15s}")
         for name in names:
-            kwargs = {"weights": None} if random_weights and name in ("vgg16", "resnet50", "resnet101") else {}
+            keras_app = name.split(":")[0] in ("vgg16", "resnet50", "resnet101")
+            kwargs = {"weights": None} if random_weights and keras_app else {}
             fwd, e2e, fwd_cpu, e2e_cpu = _measure_backbone(get_backbone(name, **kwargs), paths, batch_size,
                                                            images, repeat)
             print(f"{name:20s} {fwd:14.1f} {e2e:17.1f} {e2e / fwd:6.2f} {fwd_cpu * 1e3:15.1f} {e2e_cpu * 1e3:15.1f}")
@@ -122,6 +125,42 @@ def _measure_backbone(bb: Backbone, paths: dict[str, Path], batch_size: int, ima
     t_e2e, c_e2e = _median_times(end_to_end, repeat)
     n_fwd = n_batches * batch_size
     return n_fwd / t_fwd, len(paths) / t_e2e, c_fwd / n_fwd, c_e2e / len(paths)
+
+
+@main.command()
+@click.argument("video", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--frames", default=20, show_default=True, help="Frames (1 per second) to use.")
+def verify(video: Path, frames: int) -> None:
+    """CPU cost of match's verification: RootSIFT per frame and per example (and its mirror image),
+    and the matching + RANSAC of one (example, frame) pair. Examples are cropped, scaled copies."""
+    from framesim.verification import count_inliers, local_features
+
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    imgs, i = [], 0
+    while len(imgs) < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % max(1, round(fps)) == 0:
+            imgs.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        i += 1
+    cap.release()
+    copies = [cv2.resize(im[im.shape[0] // 8:, im.shape[1] // 8:], None, fx=0.6, fy=0.6) for im in imgs]
+    c0 = time.process_time()
+    feats = [local_features(im) for im in imgs]
+    c1 = time.process_time()
+    ex = [local_features(im) for im in copies] + [local_features(im, flip=True) for im in copies]
+    c2 = time.process_time()
+    inliers = [count_inliers(e, f) for e in ex[:len(copies)] for f in feats]
+    c3 = time.process_time()
+    n = len(imgs)
+    print(f"video: {video} ({n} frames of {imgs[0].shape[1]}x{imgs[0].shape[0]}), "
+          f"{np.mean([len(f) for f in feats]):.0f} keypoints/frame")
+    print(f"features per frame:             {(c1 - c0) / n * 1e3:7.1f} CPU ms")
+    print(f"features per example (+mirror): {(c2 - c1) / n * 1e3:7.1f} CPU ms")
+    print(f"match + RANSAC per pair:        {(c3 - c2) / len(inliers) * 1e3:7.1f} CPU ms "
+          f"(x2 with the mirror image; median inliers same frame {np.median(inliers[::n + 1]):.0f})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""Batched embedding with an on-disk cache keyed by (backbone + weights, pixel hash).
+"""Batched embedding with an on-disk cache keyed by (backbone spec + weights, pixel hash).
 
-Layout of one cache (one per backbone and weights) under ``<dataset>/embeddings/<backbone>/<weights-tag>/``::
+Layout of one cache (one per complete backbone spec and weights) under
+``<dataset>/embeddings/<backbone>/<descriptor>/<weights-tag>/`` (``efficientnet-lite0/gem/imagenet``;
+backbones without descriptor options: ``<backbone>/<weights-tag>``), so vectors of different poolings
+never mix::
 
     header.json                 format, version, backbone, weights, dim, dtype
     shard-000001.keys.npy       (n,) bytes: the keys (pixel sha256s)
@@ -46,14 +49,30 @@ def weights_tag(backbone: Backbone) -> str:
     return f"file-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
+def _safe_component(text: str) -> str:
+    """A portable folder name for ``text``: kept as is when safe, else sanitised plus a short hash of
+    the original (so two specs can never share a folder)."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip(". ")
+    if safe == text and safe:
+        return safe
+    return f"{safe or 'x'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def cache_dir(root: str | Path, backbone: Backbone) -> Path:
+    """Where ``backbone``'s vectors live: one folder per complete spec and weights."""
+    base, _, descriptor = backbone.spec.partition(":")
+    parts = [_safe_component(base)] + ([_safe_component(descriptor)] if descriptor else [])
+    return Path(root).joinpath(*parts, weights_tag(backbone))
+
+
 class EmbeddingCache:
-    """Append-only store of vectors by key for one backbone and weights."""
+    """Append-only store of vectors by key for one backbone spec and weights."""
 
     def __init__(self, root: str | Path, backbone: Backbone, flush_every: int = 1024,
                  flush_seconds: float = 30.0) -> None:
         self.backbone = backbone
         self.dim = backbone.dim
-        self.dir = Path(root) / backbone.name / weights_tag(backbone)
+        self.dir = cache_dir(root, backbone)
         self.flush_every = flush_every
         # Slow backbones (VGG16: a few images/s) would otherwise risk minutes of work per interrupt.
         self.flush_seconds = flush_seconds
@@ -66,7 +85,7 @@ class EmbeddingCache:
 
     # -- loading ---------------------------------------------------------------------------------
     def _header(self) -> dict[str, object]:
-        return {"format": FORMAT, "version": VERSION, "backbone": self.backbone.name,
+        return {"format": FORMAT, "version": VERSION, "backbone": self.backbone.spec,
                 "weights": self.backbone.weights, "dim": self.dim, "dtype": np.dtype(STORE_DTYPE).name}
 
     def _open(self) -> None:

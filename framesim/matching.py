@@ -1,7 +1,19 @@
-"""Examples x frames -> scored pairs: embed both with each backbone, index the frames, search.
+"""Examples x frames -> scored pairs: embed both with each backbone, index the frames, search, re-score.
 
-The result is one table for all backbones (``PAIRS_COLUMNS``), written with a ``run.json`` that
-describes the run; the report is built from these two files alone (plus the images they point to).
+Per backbone: the frames' descriptors (optionally PCA-whitened, learned on the frames) go into an
+index; each example's ``candidates`` most similar frames are re-scored (``score``):
+
+* ``"verified"`` (default): local-feature verification (``verification``) counts the geometrically
+  consistent matches of each candidate, and the score is the probability that the frame is the
+  example's source among its candidates and "none of them" (``descriptors.MatchPosterior``), the
+  evidence being the cosine against a background level (``descriptors.BackgroundSimilarity``) plus
+  the inliers. One threshold works across examples; 0.5 means "more likely the source than not".
+* ``"normalized"``: the same probability from the cosine and the background only (no verification).
+* ``"cosine"``: the cosine similarity itself (the original behaviour).
+
+The result is one table for all backbones (``PAIRS_COLUMNS``, then ``cosine`` and, when verified,
+``inliers``), written with a ``run.json`` that describes the run, including ``postprocess`` (every
+parameter of the re-scoring); the report is built from these two files alone (plus the images).
 """
 
 from __future__ import annotations
@@ -18,15 +30,25 @@ import numpy as np
 import pandas as pd
 
 from framesim._io import write_json, write_table
-from framesim.backbones.base import Backbone, get_backbone
+from framesim.backbones.base import Backbone, get_backbone, split_spec
 from framesim.dataset import FrameDataset
+from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
 from framesim.images import ImageError, find_images, load_image, pixel_sha256
 from framesim.index import auto_factory, make_index
+from framesim.verification import VerifyParams, verify_pairs
+from framesim.verification import describe as describe_verification
 
 PAIRS_COLUMNS = ["backbone", "example", "frame_id", "video", "frame_index", "timestamp_s", "score", "rank"]
+#: extra columns after the contract ones: the descriptors' cosine, and inliers when verified (-1: not verified)
+EXTRA_COLUMNS = ["cosine", "inliers"]
 DEFAULT_BACKBONE = "efficientnet-lite0"
 DEFAULT_TOP_K = 10
+SCORES = ("verified", "normalized", "cosine")
+DEFAULT_SCORE = "verified"
+#: candidates per example that are re-scored (at least top_k)
+DEFAULT_CANDIDATES = 10
+DEFAULT_WHITEN = False
 RUN_FORMAT = "framesim-run"
 RUN_VERSION = 1
 
@@ -151,15 +173,35 @@ def match(
     on_error: Callable[[str], None] | None = None,
     ground_truth: str | os.PathLike[str] | None = None,
     exclude_videos: Collection[str] = (),
+    score: str = DEFAULT_SCORE,
+    whiten: bool = DEFAULT_WHITEN,
+    candidates: int = DEFAULT_CANDIDATES,
+    workers: int = 2,
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
-    ``weights`` maps a backbone name to its weights (``"imagenet"``, a file, or ``None`` for random).
+    ``backbones`` are specs ``NAME[:DESCRIPTOR]`` (``efficientnet-lite0``, ``efficientnet-lite0:avg``,
+    ``resnet50:gem+flip``; see ``framesim.backbones``) or Backbone objects. ``weights`` maps a spec or
+    a backbone name to its weights (``"imagenet"``, a file, or ``None`` for random).
+
+    ``score`` says what the pairs' ``score`` is (module docstring): ``"verified"`` (default) and
+    ``"normalized"`` are probabilities in [0, 1] computed over each example's ``max(top_k,
+    candidates)`` best frames by cosine, so with ``top_k=None`` only those can be returned;
+    ``"cosine"`` is the cosine similarity, searched over all frames. Higher is always more similar;
+    the cosine stays available in the ``cosine`` column. ``whiten`` PCA-whitens the descriptors,
+    learned on the frames being searched. A spec can override ``score`` and ``whiten`` for itself:
+    ``efficientnet-lite0:avg@cosine`` is the original pipeline (see ``parse_match_spec``).
+    ``workers`` threads run the local-feature verification.
+
     With ``ground_truth`` (a CSV, see ``read_ground_truth``) the pairs get a ``correct`` column.
     Frames of ``exclude_videos`` (values of the manifest's ``video`` or ``video_id``) are left out of
     the index: evaluation holds videos out to make distractors that come from no indexed video.
     With ``out_dir`` the pairs (CSV + Parquet) and ``run.json`` are written there, atomically.
     """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates!r}")
     started = time.perf_counter()
     inputs = [examples] if isinstance(examples, str | os.PathLike) else list(examples)
     ds = FrameDataset(dataset)
@@ -185,8 +227,13 @@ def match(
         frames_by_key = manifest.drop_duplicates("sha256")
         tables, backbone_runs = [], []
         for spec in backbones:
-            backbone = spec if isinstance(spec, Backbone) else get_backbone(
-                spec, **({"weights": weights[spec]} if weights and spec in weights else {}))
+            if isinstance(spec, Backbone):
+                backbone, b_score, b_whiten = spec, score, whiten
+            else:
+                model_spec, b_score, b_whiten, suffix = parse_match_spec(spec, score, whiten)
+                backbone = get_backbone(model_spec, **_weights_for(spec, weights))
+                if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
+                    backbone.name = f"{backbone.name}@{suffix}"
             cache = EmbeddingCache(ds.root / "embeddings", backbone)
             frame_stats = embed_missing(backbone, cache, list(frames_by_key["sha256"]),
                                         _frame_loader(ds, frames_by_key), batch_size=batch_size,
@@ -200,12 +247,14 @@ def match(
             usable = manifest[manifest["sha256"].map(cache.__contains__)].reset_index(drop=True)
             usable_examples = [e for e in example_list if e.sha256 in cache]
             t0 = time.perf_counter()
-            ex_rows, fr_rows, scores = search_pairs(
-                cache.iter_chunks(list(usable["sha256"])), cache.get([e.sha256 for e in usable_examples]),
-                top_k=top_k, min_score=min_score, index=index, n_frames=len(usable))
+            scored = _score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
+                                     index=index, score=b_score, whiten=b_whiten, candidates=candidates,
+                                     workers=workers, fail=fail)
             search_seconds = time.perf_counter() - t0
-            tables.append(_pairs_table(backbone.name, usable_examples, usable, ex_rows, fr_rows, scores))
-            backbone_runs.append(_backbone_summary(backbone, frame_stats, example_stats, search_seconds))
+            tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
+            backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
+                                  "postprocess": {**postprocess_settings(b_score, b_whiten, candidates),
+                                                  **scored.summary}})
 
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRS_COLUMNS)
     truth_info = None
@@ -222,6 +271,8 @@ def match(
         "n_videos": int(manifest["video"].nunique()), "n_frames": len(manifest),
         "n_examples": len(example_list), "top_k": top_k, "min_score": min_score,
         "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
+        # The run's defaults; each backbone's entry has its own (a spec's "@..." overrides them).
+        "postprocess": postprocess_settings(score, whiten, candidates),
         "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": truth_info,
     }
     result = MatchResult(pairs=pairs, run=run, failures=failures)
@@ -230,22 +281,163 @@ def match(
     return result
 
 
-def _pairs_table(backbone: str, examples: Sequence[Example], frames: pd.DataFrame, ex_rows: np.ndarray,
-                 fr_rows: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    picked = frames.iloc[fr_rows]
+def parse_match_spec(spec: str, score: str = DEFAULT_SCORE, whiten: bool = DEFAULT_WHITEN
+                     ) -> tuple[str, str, bool, str]:
+    """Split ``NAME[:DESCRIPTOR][@SCORE[+whiten]]`` into (backbone spec, score, whiten, canonical suffix).
+
+    The ``@`` part overrides ``match``'s ``score`` / ``whiten`` for this backbone, so one run can
+    compare variants side by side: ``efficientnet-lite0`` against ``efficientnet-lite0:avg@cosine``
+    (the original pipeline). Without it the run's settings apply and the suffix is "".
+    """
+    model_spec, sep, post = spec.partition("@")
+    if not sep:
+        return spec, score, whiten, ""
+    parts = [p for p in post.lower().split("+") if p]
+    scores = [p for p in parts if p in SCORES]
+    unknown = [p for p in parts if p not in SCORES and p != "whiten"]
+    if unknown or len(scores) > 1 or not parts:
+        raise ValueError(f"{spec!r}: after '@' give one of {', '.join(SCORES)}, optionally +whiten "
+                         f"(e.g. @cosine, @verified+whiten)")
+    b_score = scores[0] if scores else score
+    b_whiten = "whiten" in parts
+    return model_spec, b_score, b_whiten, "+".join([b_score] + (["whiten"] if b_whiten else []))
+
+
+def _weights_for(spec: str, weights: Mapping[str, str | None] | None) -> dict[str, Any]:
+    """``weights=`` for the factory: keyed by the spec as given, without its ``@`` part, or by the name."""
+    if not weights:
+        return {}
+    model_spec = spec.partition("@")[0]
+    for key in (spec, model_spec, split_spec(model_spec)[0]):
+        if key in weights:
+            return {"weights": weights[key]}
+    return {}
+
+
+def postprocess_settings(score: str, whiten: bool, candidates: int) -> dict[str, Any]:
+    """Every parameter of the re-scoring, for run.json (per backbone; fitted sizes are added there)."""
+    out: dict[str, Any] = {"score": score, "whitening": PCAWhitening().describe() if whiten else None}
+    if score != "cosine":
+        out["candidates"] = candidates
+        out["background"] = BackgroundSimilarity().describe()
+        out["posterior"] = MatchPosterior().describe(verified=score == "verified")
+        out["score_meaning"] = ("probability that the frame is the example's source among its candidates "
+                                "and 'none' (not a cosine; see the cosine column)")
+    if score == "verified":
+        out["verification"] = describe_verification()
+    if out["whitening"] is not None:
+        out["whitening"].pop("fit_frames")
+    out.get("background", {}).pop("background_frames", None)
+    return out
+
+
+@dataclass
+class _Scored:
+    """Pairs of one backbone as flat arrays (example row, frame row), best first per example."""
+
+    ex_rows: np.ndarray
+    fr_rows: np.ndarray
+    scores: np.ndarray
+    cosine: np.ndarray
+    inliers: np.ndarray
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequence[Example], ds: FrameDataset,
+                    *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
+                    candidates: int, workers: int, fail: Callable[[str], None]) -> _Scored:
+    keys = list(frames["sha256"])
+    summary: dict[str, Any] = {}
+    whitening = None
+    if whiten and len(keys) >= 2:
+        t0 = time.perf_counter()
+        sample = even_sample(len(keys), MAX_FIT_FRAMES)
+        whitening = PCAWhitening().fit(cache.get([keys[i] for i in sample]))
+        summary["whitening_fit_frames"] = whitening.n_fit
+        summary["whitening_seconds"] = round(time.perf_counter() - t0, 3)
+
+    def post(vectors: np.ndarray) -> np.ndarray:
+        return whitening.apply(vectors) if whitening is not None else vectors
+
+    queries = post(cache.get([e.sha256 for e in examples]))
+    chunks = (post(c) for c in cache.iter_chunks(keys))
+    if score == "cosine":
+        ex, fr, cos = search_pairs(chunks, queries, top_k=top_k, min_score=min_score, index=index,
+                                   n_frames=len(keys))
+        return _Scored(ex, fr, cos, cos, np.full(len(ex), -1, np.int32), summary)
+
+    k = max(top_k or 0, candidates)
+    ex, fr, cos = search_pairs(chunks, queries, top_k=k, min_score=None, index=index, n_frames=len(keys))
+    n = len(examples)
+    if len(ex) == 0:
+        empty = np.zeros(0, np.int64)
+        return _Scored(empty, empty, np.zeros(0), np.zeros(0), np.zeros(0, np.int32), summary)
+    # Candidates as (n, k) matrices; search_pairs gives each example's best first.
+    slot = np.arange(len(ex)) - np.searchsorted(ex, ex)
+    valid = np.zeros((n, k), bool)
+    cos_m = np.zeros((n, k))
+    fr_m = np.zeros((n, k), np.int64)
+    valid[ex, slot], cos_m[ex, slot], fr_m[ex, slot] = True, cos, fr
+
+    video_col = "video_id" if "video_id" in frames else "video"
+    videos = frames[video_col].astype(str).to_numpy()
+    times = frames["timestamp_s"].to_numpy(np.float64)
+    sample = even_sample(len(keys), MAX_FIT_FRAMES)
+    background = BackgroundSimilarity().fit(post(cache.get([keys[i] for i in sample])), videos[sample], times[sample])
+    best = fr_m[:, 0]
+    bg = background(queries, videos[best], times[best])
+    summary["background_frames"] = len(sample)
+    summary["background_single_video"] = background.single_video
+
+    inl_m = None
+    if score == "verified":
+        t0 = time.perf_counter()
+        ex_path = {e.sha256: e.path for e in examples}
+        frame_path = dict(zip(frames["sha256"], frames["path"], strict=True))
+        pair_keys = [(examples[e].sha256, keys[f]) for e, f in zip(ex, fr, strict=True)]
+        counts = verify_pairs(pair_keys, lambda key: load_image(ex_path[key]),
+                              lambda key: load_image(ds.frame_path(frame_path[key])),
+                              params=VerifyParams(), workers=workers, on_error=fail)
+        inl_m = np.zeros((n, k))
+        inl_m[ex, slot] = counts
+        summary["verify_seconds"] = round(time.perf_counter() - t0, 3)
+        summary["pairs_verified"] = len(pair_keys)
+
+    # Identical pixels stored twice (the same frame in two files) are one hypothesis, not rivals.
+    sha = frames["sha256"].to_numpy()
+    prob = MatchPosterior()(cos_m, bg, inl_m, valid, groups=np.where(valid, sha[fr_m], ""))
+    # Best first by the new score (ties: cosine order), then top_k / min_score.
+    order = np.lexsort((np.broadcast_to(np.arange(k), (n, k)), -prob), axis=1)
+    rows_e, rows_f, out_s, out_c, out_i = [], [], [], [], []
+    for q in range(n):
+        kept = [j for j in order[q] if valid[q, j] and (min_score is None or prob[q, j] >= min_score)]
+        kept = kept[:top_k] if top_k is not None else kept
+        rows_e.append(np.full(len(kept), q))
+        rows_f.append(fr_m[q, kept])
+        out_s.append(prob[q, kept])
+        out_c.append(cos_m[q, kept])
+        out_i.append(inl_m[q, kept] if inl_m is not None else np.full(len(kept), -1))
+    return _Scored(np.concatenate(rows_e).astype(np.int64), np.concatenate(rows_f).astype(np.int64),
+                   np.concatenate(out_s), np.concatenate(out_c), np.concatenate(out_i).astype(np.int32), summary)
+
+
+def _pairs_table(backbone: str, examples: Sequence[Example], frames: pd.DataFrame, scored: _Scored) -> pd.DataFrame:
+    picked = frames.iloc[scored.fr_rows]
     table = pd.DataFrame({
         "backbone": backbone,
-        "example": np.array([e.name for e in examples], dtype=object)[ex_rows] if len(examples) else [],
+        "example": np.array([e.name for e in examples], dtype=object)[scored.ex_rows] if len(examples) else [],
         "frame_id": picked["frame_id"].to_numpy(),
         "video": picked["video"].to_numpy(),
         "frame_index": picked["frame_index"].to_numpy(np.int64),
         "timestamp_s": picked["timestamp_s"].to_numpy(np.float64),
-        "score": scores.astype(np.float64).round(6),
+        "score": np.asarray(scored.scores, np.float64).round(6),
+        "cosine": np.asarray(scored.cosine, np.float64).round(6),
+        "inliers": np.asarray(scored.inliers, np.int64),
     })
-    # Ties keep the index order (stable); rank 1 = best frame for this example and backbone.
+    # Ties keep the given order (stable); rank 1 = best frame for this example and backbone.
     table = table.sort_values(["example", "score"], ascending=[True, False], kind="stable")
     table["rank"] = table.groupby("example", sort=False).cumcount().astype(np.int64) + 1
-    return table[PAIRS_COLUMNS].reset_index(drop=True)
+    return table[PAIRS_COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
 
 
 def _backbone_summary(backbone: Backbone, frames: EmbedStats, examples: EmbedStats,
@@ -253,7 +445,7 @@ def _backbone_summary(backbone: Backbone, frames: EmbedStats, examples: EmbedSta
     embedded = frames.embedded + examples.embedded
     seconds = frames.seconds + examples.seconds
     return {
-        "name": backbone.name, "dim": backbone.dim, "input_size": backbone.input_size,
+        "name": backbone.name, "spec": backbone.spec, "dim": backbone.dim, "input_size": backbone.input_size,
         "weights": backbone.weights, "frames_embedded": frames.embedded, "frames_cached": frames.cached,
         "examples_embedded": examples.embedded, "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if embedded and seconds > 0 else None,

@@ -44,7 +44,7 @@ def test_extract_then_match_in_process(runner: CliRunner, tmp_path: Path, make_v
                               "-o", str(run), "-q", "--no-report"])
     assert res.exit_code == 0, res.output
     pairs = pd.read_csv(run / "pairs.csv")
-    assert list(pairs.columns) == PAIRS_COLUMNS and len(pairs) == 4
+    assert list(pairs.columns)[:8] == PAIRS_COLUMNS and len(pairs) == 4  # extra columns may follow
     top1 = pairs[pairs["rank"] == 1].set_index("example")["frame_index"]
     assert top1["ex4.jpg"] < 15 <= top1["ex22.jpg"]
     meta = json.loads((run / "run.json").read_text())

@@ -370,3 +370,30 @@ def test_random_weights_build_offline(home: Path) -> None:
     emb = bb.embed(np.zeros((2, 224, 224, 3), np.uint8))
     assert emb.shape == (2, 1280)
     assert not (home / "weights").exists()  # nothing cached for random weights
+
+
+@pytest.mark.slow
+def test_descriptors_of_the_head_map(home: Path, photos: dict[str, np.ndarray]) -> None:
+    """Default GeM; ``:avg`` is the seed's global average (TF GlobalAveragePooling2D of the head);
+    ``+flip`` is mirror-invariant; ``+ms`` runs any size; every spec is L2-normalised 1280-d."""
+    import keras
+
+    package_pth(LITE0)
+    default = get_backbone("efficientnet-lite0")
+    assert default.name == "efficientnet-lite0" and default.spec == "efficientnet-lite0:gem"
+    avg = get_backbone("efficientnet-lite0:avg")
+    assert avg.name == avg.spec == "efficientnet-lite0:avg"
+    images = [photos["chelsea.png"], photos["coffee.png"]]
+    gap = keras.Model(avg.classifier.input, avg.classifier.get_layer("avg_pool").output)
+    seed = gap(avg.preprocess(np.stack([avg.resize(im) for im in images])), training=False).numpy()
+    np.testing.assert_allclose(avg.embed(images), seed / np.linalg.norm(seed, axis=1, keepdims=True), atol=1e-6)
+    assert not np.allclose(default.embed(images), avg.embed(images), atol=1e-3)
+
+    flip = get_backbone("efficientnet-lite0:gem+flip")
+    cat = photos["chelsea.png"]
+    np.testing.assert_allclose(flip.embed([cat]), flip.embed([cat[:, ::-1]]), atol=1e-5)
+    for spec in ("efficientnet-lite0:gem+ms", "efficientnet-lite0:rmac", "efficientnet-lite0:mac"):
+        emb = get_backbone(spec).embed(images)
+        assert emb.shape == (2, 1280) and emb.dtype == np.float32, spec
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+        assert float(emb[0] @ emb[1]) < 0.95, spec  # still tells a cat from a cup

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from framesim.dataset import extract
-from framesim.matching import PAIRS_COLUMNS, match, read_pairs, search_pairs
+from framesim.matching import EXTRA_COLUMNS, PAIRS_COLUMNS, match, read_pairs, search_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = (0, 10, 20, 30)  # four scenes of 10 frames each
@@ -54,7 +54,7 @@ def test_pairs_table_contract_and_known_answers(scene_dataset: tuple[Path, Path]
     result = match(tmp_path / "examples", dataset, ["tiny-image"], top_k=3, out_dir=tmp_path / "run",
                    progress=False)
     pairs = result.pairs
-    assert list(pairs.columns) == PAIRS_COLUMNS
+    assert list(pairs.columns) == PAIRS_COLUMNS + EXTRA_COLUMNS  # contract columns first
     assert len(pairs) == 4 * 3 and result.ok
     # Ordered by backbone, example, rank; ranks 1..k; scores non-increasing within an example.
     assert pairs.equals(pairs.sort_values(["backbone", "example", "rank"]).reset_index(drop=True))
@@ -72,7 +72,7 @@ def test_pairs_table_contract_and_known_answers(scene_dataset: tuple[Path, Path]
     on_disk = read_pairs(tmp_path / "run")
     pd.testing.assert_frame_equal(on_disk, pairs, check_dtype=False)
     csv = pd.read_csv(tmp_path / "run" / "pairs.csv")
-    assert list(csv.columns) == PAIRS_COLUMNS and len(csv) == len(pairs)
+    assert list(csv.columns) == PAIRS_COLUMNS + EXTRA_COLUMNS and len(csv) == len(pairs)
 
 
 def test_min_score_and_top_k_combine(scene_dataset: tuple[Path, Path], tmp_path: Path) -> None:
@@ -173,3 +173,112 @@ def test_excluded_videos_are_not_indexed(
     result = match(tmp_path / "examples", dataset, ["tiny-image"], top_k=100, progress=False,
                    exclude_videos=[str(video)])
     assert set(result.pairs["video"]) == {str(other)} and result.run["n_frames"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The default pipeline against the seed's (average pooling, raw cosine) on real footage
+
+
+def _edit(bgr: np.ndarray, kind: str, rng: np.random.Generator, photos: list[np.ndarray]) -> np.ndarray:
+    h, w = bgr.shape[:2]
+    if kind == "rescale_jpeg":
+        s = rng.uniform(0.3, 0.6)
+        small = cv2.resize(bgr, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
+        return cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_COLOR)
+    if kind in ("crop_mild", "crop_strong"):
+        keep = rng.uniform(0.75, 0.9) if kind == "crop_mild" else rng.uniform(0.4, 0.6)
+        cw, ch = int(w * keep), int(h * keep)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return bgr[y:y + ch, x:x + cw]
+    if kind == "hflip":
+        return bgr[:, ::-1].copy()
+    if kind == "rotate":
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.choice([-1, 1]) * rng.uniform(4, 12)), 1.0)
+        return cv2.warpAffine(bgr, m, (w, h))
+    if kind == "pip":
+        canvas = cv2.resize(photos[int(rng.integers(len(photos)))], (640, 480))
+        iw = int(640 * rng.uniform(0.35, 0.55))
+        ih = min(int(h * iw / w), 430)
+        x, y = int(rng.integers(0, 640 - iw + 1)), int(rng.integers(0, 480 - ih + 1))
+        canvas[y:y + ih, x:x + iw] = cv2.resize(bgr, (iw, ih), interpolation=cv2.INTER_AREA)
+        return canvas
+    if kind == "caption":
+        out = bgr.copy()
+        cv2.rectangle(out, (0, int(h * 0.8)), (w, h), (0, 0, 0), -1)
+        cv2.putText(out, "you won't believe this", (10, int(h * 0.93)), cv2.FONT_HERSHEY_SIMPLEX, w / 500,
+                    (255, 255, 255), 2)
+        return out
+    if kind == "blur":
+        return cv2.GaussianBlur(bgr, (0, 0), 0.006 * max(h, w))
+    assert kind == "brightness"
+    return np.clip(bgr.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-40, 40), 0, 255).astype(np.uint8)
+
+
+def _micro_ap(pairs: pd.DataFrame, truth: pd.DataFrame, weights: np.ndarray | None = None) -> float:
+    """DISC21 µAP of one backbone's pairs: all pairs by score; an example's first correct pair is a
+    true positive, its later correct pairs are dropped, every wrong pair is a false positive.
+    ``weights``: how many times each truth row counts (a bootstrap resample)."""
+    w = np.ones(len(truth)) if weights is None else weights
+    weight_of = dict(zip(truth["example"], w, strict=True))
+    n_pos = float(w[(truth["video"] != "").to_numpy()].sum())
+    p = pairs[pairs["example"].map(weight_of) > 0].sort_values(["score", "correct"], ascending=[False, True],
+                                                              kind="stable")
+    first = p[p["correct"]].drop_duplicates("example").index
+    p = p[~p["correct"] | p.index.isin(first)]
+    weight = p["example"].map(weight_of).to_numpy()
+    tp = np.cumsum(weight * p["correct"].to_numpy())
+    seen = np.cumsum(weight)
+    return float((tp / seen * weight * p["correct"].to_numpy()).sum() / n_pos)
+
+
+@pytest.mark.slow
+def test_default_beats_average_pooling_beyond_chance(shared_media: Path, tmp_path: Path) -> None:
+    """A small copy-detection benchmark from the real videos: 36 edited frames of four indexed videos
+    and 18 distractors (frames of a held-out video and photos, edited alike). The default pipeline
+    (GeM + verification + posterior score) must beat the seed's (average pooling, raw cosine) in µAP
+    by a wide margin, and in (nearly) every bootstrap resample of the examples."""
+    from framesim.video import VideoReader
+
+    videos = shared_media / "videos"
+    indexed = ["Megamind_bugy.avi", "bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"]
+    held_out = "tree.avi"
+    dataset = tmp_path / "ds"
+    assert extract([videos / v for v in [*indexed, held_out]], dataset, fps=1, progress=False).ok
+    rng = np.random.default_rng(7)
+    photos = [cv2.imread(str(p)) for p in sorted((shared_media / "images" / "skimage").glob("*.png"))[:12]]
+    kinds = ["rescale_jpeg", "crop_mild", "crop_strong", "hflip", "rotate", "pip", "caption", "blur", "brightness"]
+    decoded = {}
+    for v in [*indexed, held_out]:
+        with VideoReader(videos / v) as reader:
+            decoded[v] = [(ts, reader.retrieve_bgr()) for _, ts in reader]
+    ex_dir = tmp_path / "examples"
+    ex_dir.mkdir()
+    rows = []
+    for i in range(36):
+        v = indexed[i % len(indexed)]
+        ts, bgr = decoded[v][int(rng.integers(len(decoded[v])))]
+        name = f"pos{i:02d}_{kinds[i % len(kinds)]}.jpg"
+        cv2.imwrite(str(ex_dir / name), _edit(bgr, kinds[i % len(kinds)], rng, photos))
+        rows.append((name, v, ts))
+    sources = [bgr for _, bgr in decoded[held_out][::4]][:9] + photos[12 - 9:]
+    for i, bgr in enumerate(sources):
+        name = f"neg{i:02d}_{kinds[i % len(kinds)]}.jpg"
+        cv2.imwrite(str(ex_dir / name), _edit(bgr, kinds[i % len(kinds)], rng, photos[:3]))
+        rows.append((name, "", ""))
+    truth = pd.DataFrame(rows, columns=["example", "video", "timestamp_s"])
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    truth = pd.read_csv(tmp_path / "truth.csv", keep_default_na=False, dtype={"video": str})
+
+    result = match(ex_dir, dataset, ["efficientnet-lite0", "efficientnet-lite0:avg@cosine"], top_k=10,
+                   progress=False, ground_truth=tmp_path / "truth.csv", exclude_videos=[str(videos / held_out)])
+    pairs = result.pairs.assign(correct=result.pairs["correct"].fillna(False).astype(bool))
+    new, old = (pairs[pairs["backbone"] == b] for b in ("efficientnet-lite0", "efficientnet-lite0:avg@cosine"))
+    ap_new, ap_old = _micro_ap(new, truth), _micro_ap(old, truth)
+    print(f"µAP default {ap_new:.3f}, avg + cosine {ap_old:.3f}")
+    assert ap_new >= 0.8 and ap_new - ap_old >= 0.2
+    boot = np.random.default_rng(0)
+    diffs = []
+    for _ in range(300):
+        weights = np.bincount(boot.integers(0, len(truth), len(truth)), minlength=len(truth)).astype(float)
+        diffs.append(_micro_ap(new, truth, weights) - _micro_ap(old, truth, weights))
+    assert np.mean(np.array(diffs) <= 0) < 0.01, np.percentile(diffs, [1, 5, 50])

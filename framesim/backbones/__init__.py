@@ -1,4 +1,6 @@
-"""Backbones: named image embedders behind one small interface (see ``base.Backbone``)."""
+"""Backbones: named image embedders behind one small interface (see ``base.Backbone``), asked for by
+spec ``NAME[:DESCRIPTOR]`` (``efficientnet-lite0``, ``efficientnet-lite0:avg``, ``resnet50:gem+flip``;
+descriptors: ``pooling``)."""
 
 from framesim.backbones.base import (
     Backbone,
@@ -8,14 +10,20 @@ from framesim.backbones.base import (
     l2_normalize,
     list_backbones,
     register_backbone,
+    split_spec,
 )
+from framesim.backbones.pooling import Descriptor, PoolingError, parse_descriptor
 
 __all__ = [
     "Backbone",
     "BackboneError",
     "BackboneInfo",
+    "Descriptor",
+    "PoolingError",
     "get_backbone",
     "l2_normalize",
     "list_backbones",
+    "parse_descriptor",
     "register_backbone",
+    "split_spec",
 ]

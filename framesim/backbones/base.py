@@ -3,6 +3,10 @@
 A backbone turns RGB images into L2-normalised float32 vectors. Everything else in framesim
 (embedding cache, index, matching, report) sees only this interface, so adding a model means
 subclassing ``Backbone`` (or ``KerasBackbone``) and registering a factory under a name.
+
+Backbones are asked for by a spec, ``NAME[:DESCRIPTOR]``: ``efficientnet-lite0`` (its default
+descriptor), ``efficientnet-lite0:avg``, ``resnet50:gem+flip`` ... The descriptor (pooling and options,
+see ``pooling``) applies to backbones registered with ``poolable=True`` (the CNNs).
 """
 
 from __future__ import annotations
@@ -27,11 +31,27 @@ class Backbone(abc.ABC):
     normalisation so every backbone behaves the same to callers.
     """
 
+    #: what the user asked for (the spec as given); appears in the pairs and the report
     name: str
     input_size: int
     dim: int
     #: where the weights come from, for display ("imagenet", a file path, "random (weights=None)")
     weights: str | None = None
+
+    @property
+    def base_name(self) -> str:
+        """The registered name, without the descriptor (``efficientnet-lite0``)."""
+        return getattr(self, "_base_name", None) or self.name.partition(":")[0]
+
+    @base_name.setter
+    def base_name(self, value: str) -> None:
+        self._base_name = value
+
+    @property
+    def spec(self) -> str:
+        """The canonical, complete spec (``efficientnet-lite0:gem``): equal specs give equal vectors,
+        so the embedding cache is keyed by it. Backbones without descriptor options: the name."""
+        return self.name
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """Resize one RGB uint8 image to ``input_size`` x ``input_size`` (full frame, no crop)."""
@@ -86,6 +106,10 @@ class BackboneInfo:
     description: str
     weights_available: Callable[[], bool]
     factory: Callable[..., Backbone]
+    #: accepts ``NAME:DESCRIPTOR`` (its factory takes ``descriptor=``)
+    poolable: bool = False
+    #: the descriptor used when the spec names none (poolable backbones)
+    default_descriptor: str | None = None
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
@@ -98,11 +122,20 @@ def register_backbone(
     input_size: int,
     description: str = "",
     weights_available: Callable[[], bool] = lambda: True,
+    poolable: bool = False,
+    default_descriptor: str | None = None,
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Decorator: register ``factory(**kwargs) -> Backbone`` under ``name``."""
+    """Decorator: register ``factory(**kwargs) -> Backbone`` under ``name``.
+
+    ``poolable``: the factory takes ``descriptor=`` (a ``pooling.Descriptor``) so that specs
+    ``NAME:DESCRIPTOR`` work; ``default_descriptor`` is what plain ``NAME`` uses.
+    """
+    if ":" in name:
+        raise ValueError(f"backbone names cannot contain ':' (it separates the descriptor): {name!r}")
 
     def decorator(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _REGISTRY[name] = BackboneInfo(name, dim, input_size, description, weights_available, factory)
+        _REGISTRY[name] = BackboneInfo(name, dim, input_size, description, weights_available, factory,
+                                       poolable, default_descriptor)
         return factory
 
     return decorator
@@ -113,14 +146,39 @@ def list_backbones() -> list[BackboneInfo]:
     return list(_REGISTRY.values())
 
 
-def get_backbone(name: str, **kwargs: object) -> Backbone:
-    """Build the backbone registered as ``name``; kwargs go to its factory (e.g. ``weights=``)."""
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"resnet50:gem+flip"`` -> ``("resnet50", "gem+flip")``; ``"resnet50"`` -> ``("resnet50", None)``."""
+    name, sep, descriptor = spec.strip().partition(":")
+    return name, (descriptor if sep else None)
+
+
+def get_backbone(spec: str, **kwargs: object) -> Backbone:
+    """Build a backbone from a spec ``NAME[:DESCRIPTOR]``; kwargs go to its factory (e.g. ``weights=``).
+
+    The returned backbone's ``name`` is the spec as asked for (canonical descriptor spelling) and its
+    ``spec`` the complete one (``efficientnet-lite0`` -> spec ``efficientnet-lite0:gem``).
+    """
+    from framesim.backbones.pooling import PoolingError, parse_descriptor
+
     _load_builtin()
+    name, descriptor = split_spec(spec)
     try:
         info = _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise BackboneError(f"unknown backbone {name!r}; known: {known}") from None
+    if descriptor is not None and not info.poolable:
+        raise BackboneError(f"{name} has no feature map to pool: descriptor options ({spec!r}) apply to the "
+                            f"CNN backbones ({', '.join(b.name for b in _REGISTRY.values() if b.poolable)})")
+    if info.poolable:
+        try:
+            parsed = parse_descriptor(descriptor if descriptor is not None else info.default_descriptor)
+        except PoolingError as exc:
+            raise BackboneError(f"{spec!r}: {exc}") from None
+        backbone = info.factory(descriptor=parsed, **kwargs)
+        backbone.base_name = name
+        backbone.name = name if descriptor is None else f"{name}:{parsed}"
+        return backbone
     return info.factory(**kwargs)
 
 

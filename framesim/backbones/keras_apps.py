@@ -1,4 +1,6 @@
-"""VGG16, ResNet50 and ResNet101 from ``keras.applications``: ImageNet features, global average pooled.
+"""VGG16, ResNet50 and ResNet101 from ``keras.applications``: ImageNet features of the last conv block
+(VGG16: block5_pool, 512 channels; ResNet: conv5 output, 2048), pooled by the spec's descriptor
+(``pooling``; default global average, as before: GeM was not measured for these without their weights).
 
 Weights: ``"imagenet"`` goes through Keras' own download and cache (``$KERAS_HOME/models``, default
 ``~/.keras/models``), which needs internet the first time; ``weights=FILE`` loads a local ``.h5`` file
@@ -16,8 +18,10 @@ import numpy as np
 
 from framesim.backbones.base import BackboneError, register_backbone
 from framesim.backbones.keras_base import KerasBackbone, quiet_tensorflow
+from framesim.backbones.pooling import Descriptor, parse_descriptor
 
 WEIGHTS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
+DEFAULT_DESCRIPTOR = Descriptor("avg")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ def weights_url(spec: KerasAppSpec) -> str:
 class KerasApplicationBackbone(KerasBackbone):
     input_size = 224
 
-    def __init__(self, spec: KerasAppSpec, weights: str | os.PathLike[str] | None = "imagenet") -> None:
+    def __init__(self, spec: KerasAppSpec, weights: str | os.PathLike[str] | None = "imagenet",
+                 descriptor: Descriptor | str | None = None) -> None:
         quiet_tensorflow()
         import keras
 
@@ -78,14 +83,16 @@ class KerasApplicationBackbone(KerasBackbone):
             if not path.is_file():
                 raise BackboneError(f"{spec.name}: weights file {path} does not exist")
             keras_weights, self.weights = str(path), str(path)
+        descriptor = parse_descriptor(descriptor, DEFAULT_DESCRIPTOR)
+        side = None if descriptor.multiscale else self.input_size  # any size for multi-scale
         try:
-            model = constructor(include_top=False, weights=keras_weights, pooling="avg",
-                                input_shape=(self.input_size, self.input_size, 3))
+            # pooling=None: the model ends at the last conv block's map; the descriptor pools it.
+            model = constructor(include_top=False, weights=keras_weights, pooling=None, input_shape=(side, side, 3))
         except Exception as exc:  # Keras raises bare Exception on a failed download
             if keras_weights == "imagenet":
                 raise BackboneError(self._offline_help(exc)) from exc
             raise BackboneError(f"{spec.name}: cannot load weights {keras_weights}: {exc}") from exc
-        super().__init__(model)
+        super().__init__(model, descriptor)
 
     def _offline_help(self, exc: Exception) -> str:
         spec = self._spec
@@ -101,8 +108,9 @@ class KerasApplicationBackbone(KerasBackbone):
 
 
 def _factory(spec: KerasAppSpec) -> Callable[..., KerasApplicationBackbone]:
-    def make(weights: str | os.PathLike[str] | None = "imagenet") -> KerasApplicationBackbone:
-        return KerasApplicationBackbone(spec, weights=weights)
+    def make(weights: str | os.PathLike[str] | None = "imagenet",
+             descriptor: Descriptor | str | None = None) -> KerasApplicationBackbone:
+        return KerasApplicationBackbone(spec, weights=weights, descriptor=descriptor)
 
     return make
 
@@ -112,6 +120,9 @@ for _spec in SPECS.values():
         _spec.name,
         dim=_spec.dim,
         input_size=KerasApplicationBackbone.input_size,
-        description=f"keras.applications.{_spec.constructor}, ImageNet, global average pooling",
+        description=f"keras.applications.{_spec.constructor}, ImageNet; global average pooling, "
+                    f"or :gem, :mac, :rmac, :gemP, +flip, +ms",
         weights_available=(lambda s=_spec: cached_weights_path(s).is_file()),
+        poolable=True,
+        default_descriptor=str(DEFAULT_DESCRIPTOR),
     )(_factory(_spec))
