@@ -109,25 +109,34 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
 @click.option("-d", "--dataset", default="dataset", show_default=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path), help="Frame dataset folder.")
 @click.option("-b", "--backbone", "backbones", multiple=True,
-              help="Backbone to use; repeat to compare several [default: efficientnet-lite0].")
+              help="Backbone spec NAME[:DESCRIPTOR][@SCORE]; repeat to compare several "
+                   "[default: efficientnet-lite0]. E.g. efficientnet-lite0:avg@cosine is the plain baseline.")
 @click.option("--weights", multiple=True,
               help="Weights file for the backbone (NAME=FILE with several; FILE=none for random weights).")
 @click.option("-k", "--top-k", type=click.IntRange(min=0), default=10, show_default=True,
               help="Frames kept per example and backbone (0 = no limit, needs --min-score).")
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
-              help="Keep only pairs with cosine similarity at least this.")
+              help="Keep only pairs scoring at least this (a probability with the default --score).")
 @click.option("--index", "index_factory", default="auto", show_default=True,
               help="FAISS index factory string (Flat, HNSW32, IVF4096,Flat); auto picks by size.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder for pairs and report [default: reports/<date-time>].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--score", type=click.Choice(["verified", "normalized", "cosine"]), default="verified",
+              show_default=True,
+              help="verified: probability the frame is the source, from the descriptor and local-feature "
+                   "checks; normalized: the same without local features; cosine: raw cosine similarity.")
+@click.option("--whiten/--no-whiten", default=False, show_default=True,
+              help="PCA-whiten descriptors, learned on the dataset's frames.")
+@click.option("--candidates", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Best frames per example re-scored by --score verified/normalized.")
 @click.option("--ground-truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with example,video,timestamp_s: marks each pair correct or not (within 1 s).")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
           top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
-          ground_truth: Path | None, no_report: bool, quiet: bool) -> None:
+          score: str, whiten: bool, candidates: int, ground_truth: Path | None, no_report: bool, quiet: bool) -> None:
     """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
@@ -142,7 +151,7 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
         result = run_match(list(examples), dataset, list(dict.fromkeys(backbones)), top_k=top_k or None,
                            min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
                            out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
-                           ground_truth=ground_truth)
+                           ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates)
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
         _fatal(str(exc))
         return

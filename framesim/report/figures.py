@@ -95,7 +95,7 @@ def score_distribution_figure(pairs: pd.DataFrame, backbones: Sequence[str], col
                                       "bgcolor": "rgba(255,255,255,0.8)"},
                           annotation_position="top left")
         fig.update_yaxes(title_text="pairs", row=i, col=1)
-    fig.update_xaxes(title_text="score (cosine similarity, higher = more alike)", row=n, col=1)
+    fig.update_xaxes(title_text="score (higher = more alike; its meaning: run.json postprocess)", row=n, col=1)
     fig.update_layout(barmode="overlay", bargap=0)
     for ann in fig.layout.annotations[: len(backbones)]:
         ann.update(x=0, xanchor="left", font={"size": 13})
