@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import synthetic_frame
 
+from framesim.backbones.phash import PHashBackbone, hamming, phash_bits
 from framesim.dataset import FrameDataset, extract
 from framesim.evaluation import build_benchmark, evaluate
 from framesim.evaluation.benchmark import _allocate, _stratified, duplicate_videos
@@ -28,7 +29,6 @@ from framesim.evaluation.metrics import (
     score_examples,
     sign_test,
 )
-from framesim.evaluation.phash import PHashBackbone, hamming, phash_bits
 from framesim.images import load_image
 
 # ------------------------------------------------------------------------------ fixtures

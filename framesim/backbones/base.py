@@ -184,4 +184,4 @@ def get_backbone(spec: str, **kwargs: object) -> Backbone:
 
 def _load_builtin() -> None:
     # Imported lazily: registering must not import TensorFlow for `framesim --help`.
-    from framesim.backbones import efficientnet_lite, keras_apps, tiny  # noqa: F401
+    from framesim.backbones import efficientnet_lite, keras_apps, phash, tiny  # noqa: F401

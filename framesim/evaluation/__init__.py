@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from framesim.evaluation import phash  # noqa: F401  (registers the ``phash`` backbone)
-
 if TYPE_CHECKING:
     from framesim.evaluation.benchmark import Benchmark, build_benchmark
     from framesim.evaluation.runner import EvaluationResult, default_eval_dir, evaluate, format_table

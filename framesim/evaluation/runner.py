@@ -27,7 +27,6 @@ import pandas as pd
 
 from framesim._io import write_json, write_table
 from framesim.backbones.base import Backbone
-from framesim.evaluation import phash  # noqa: F401  (registers the ``phash`` backbone)
 from framesim.evaluation.benchmark import Benchmark, build_benchmark
 from framesim.evaluation.edits import DEFAULT_EDITS
 from framesim.evaluation.metrics import (

@@ -7,7 +7,7 @@ one bit per coefficient: above the median of the 64 or not.
 
 As a backbone it returns the bits as +-1/8: a unit vector, so the cosine of two hashes is
 ``1 - 2 * hamming / 64`` and FAISS's inner-product search ranks by Hamming distance. Registered as
-``phash`` when this module is imported (``framesim.evaluation`` does so).
+``phash`` (a built-in backbone, like ``tiny-image``).
 """
 
 from __future__ import annotations
