@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -463,10 +463,14 @@ def read_ground_truth(path: str | os.PathLike[str]) -> pd.DataFrame:
     return truth
 
 
-def _same_video(pair_video: str, truth_video: str) -> bool:
-    # The truth names a video as the user knows it ("bikes.mp4", "cam1/day2.mp4"); the pairs hold the
-    # path given to extract. They match when one is a path suffix of the other.
-    a, b = Path(pair_video).as_posix(), Path(truth_video).as_posix()
+def same_video(pair_video: str, truth_video: str) -> bool:
+    """Whether a pair's video is the ground truth's: equal, or one is a path suffix of the other.
+
+    The truth names a video as the user knows it ("bikes.mp4", "cam1/day2.mp4"); the pairs hold the
+    path given to extract."""
+    if not pair_video or not truth_video:
+        return False
+    a, b = (PurePosixPath(str(v).replace("\\", "/")).as_posix() for v in (pair_video, truth_video))
     return a == b or a.endswith("/" + b) or b.endswith("/" + a)
 
 
@@ -482,7 +486,7 @@ def label_pairs(pairs: pd.DataFrame, truth: pd.DataFrame, tolerance_s: float = 1
         if row.example not in by_example:
             return pd.NA
         video, t = by_example[row.example]
-        return bool(video) and _same_video(row.video, video) and abs(row.timestamp_s - t) <= tolerance_s
+        return bool(video) and same_video(row.video, video) and abs(row.timestamp_s - t) <= tolerance_s
 
     out = pairs.copy()
     out["correct"] = pd.array([correct(r) for r in pairs.itertuples(index=False)], dtype="boolean")

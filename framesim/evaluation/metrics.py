@@ -39,10 +39,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
+
+from framesim.matching import same_video
 
 TOLERANCE_S = 1.0
 PRECISION_TARGET = 0.9
@@ -50,15 +51,6 @@ PRECISION_TARGET = 0.9
 ALL = "all"
 TABLE_COLUMNS = ["backbone", "edit", "n_examples", "n_distractors", "top1_video", "top1_within_1s", "micro_ap",
                  "recall_at_p90", "threshold_at_p90", "distractor_false_matches", "micro_ap_video"]
-
-
-def same_video(pair_video: str, truth_video: str) -> bool:
-    """The rule of ``framesim.matching.label_pairs``: equal, or one is a path suffix of the other."""
-    if not pair_video or not truth_video:
-        return False
-    a, b = PurePosixPath(str(pair_video).replace("\\", "/")).as_posix(), PurePosixPath(
-        str(truth_video).replace("\\", "/")).as_posix()
-    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
 
 
 def normalise_truth(truth: pd.DataFrame) -> pd.DataFrame:
