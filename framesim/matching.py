@@ -392,11 +392,8 @@ def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Seque
     inl_m = None
     if score == "verified":
         t0 = time.perf_counter()
-        ex_path = {e.sha256: e.path for e in examples}
-        frame_path = dict(zip(frames["sha256"], frames["path"], strict=True))
         pair_keys = [(examples[e].sha256, keys[f]) for e, f in zip(ex, fr, strict=True)]
-        counts = verify_pairs(pair_keys, lambda key: load_image(ex_path[key]),
-                              lambda key: load_image(ds.frame_path(frame_path[key])),
+        counts = verify_pairs(pair_keys, _example_loader(examples), _frame_loader(ds, frames),
                               params=VerifyParams(), workers=workers, on_error=fail)
         inl_m = np.zeros((n, k))
         inl_m[ex, slot] = counts
