@@ -44,11 +44,15 @@ def cli() -> None:
 @click.option("-o", "--dataset", default="dataset", show_default=True, type=click.Path(path_type=Path),
               help="Frame dataset folder (created if missing, extended if it exists).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Keep this many frames per second of video [default: 1].")
+              help="Keep this many frames per second of video [default: 1]; with --keyframes: keep a keyframe "
+                   "only if it is at least 1/FPS s after the last one kept.")
 @click.option("--every", type=click.IntRange(min=1), default=None, help="Keep every Nth decoded frame.")
 @click.option("--scene", is_flag=True, help="Keep a frame whenever the picture changes (scene cuts).")
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=None,
               help="How much the picture must change for --scene (0..1).")
+@click.option("--keyframes", is_flag=True,
+              help="Decode only keyframes (~100x real time on 720p): frames at the encoder's keyframe times "
+                   "(often every 1-10 s), not at exact steps; every keyframe unless --fps is given.")
 @click.option("--start", type=click.FloatRange(min=0), default=None, help="Start time in seconds.")
 @click.option("--end", type=click.FloatRange(min=0), default=None, help="End time in seconds.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="At most this many frames per video.")
@@ -56,13 +60,16 @@ def cli() -> None:
               help="Image format of the stored frames.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: int | None, scene: bool,
-            scene_threshold: float | None, start: float | None, end: float | None, max_frames: int | None,
-            image_format: str, quiet: bool) -> None:
+            scene_threshold: float | None, keyframes: bool, start: float | None, end: float | None,
+            max_frames: int | None, image_format: str, quiet: bool) -> None:
     """Sample frames from videos (files or folders, searched recursively) into a frame dataset."""
     from framesim.dataset import DatasetLockedError
     from framesim.dataset import extract as run_extract
     from framesim.sampling import DEFAULT_SCENE_THRESHOLD
 
+    if keyframes and (every is not None or scene):
+        raise click.UsageError("--keyframes decodes only keyframes; --every and --scene need every frame "
+                               "(use --fps to thin keyframes)")
     if sum(x is not None and x is not False for x in (fps, every, scene or None)) > 1:
         raise click.UsageError("choose one of --fps, --every and --scene")
     if scene_threshold is not None and not scene:
@@ -72,8 +79,8 @@ def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: i
     scene_value = (scene_threshold if scene_threshold is not None else DEFAULT_SCENE_THRESHOLD) if scene else None
     try:
         summary = run_extract(
-            list(inputs), dataset, fps=fps if fps is not None else (None if every or scene else 1.0),
-            every=every, scene=scene_value, start=start, end=end, max_frames=max_frames,
+            list(inputs), dataset, fps=fps, every=every, scene=scene_value, keyframes=keyframes,
+            start=start, end=end, max_frames=max_frames,
             image_format=image_format, progress=not quiet, on_error=_error)
     except (DatasetLockedError, ValueError, OSError) as exc:
         _fatal(str(exc))
@@ -132,11 +139,19 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
               help="Best frames per example re-scored by --score verified/normalized.")
 @click.option("--ground-truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with example,video,timestamp_s: marks each pair correct or not (within 1 s).")
+@click.option("--runtime", type=click.Choice(["auto", "tensorflow", "onnxruntime", "openvino"]), default="auto",
+              show_default=True,
+              help="What runs the CNN: auto takes ONNX Runtime or OpenVINO when installed and its outputs match "
+                   "TensorFlow's (about 2x faster), else TensorFlow.")
+@click.option("--dedupe", type=click.FloatRange(0, 1), default=None,
+              help="Consecutive frames whose 16x16 thumbnails differ by less than this (mean, 0..1) share one CNN "
+                   "vector; 0 embeds every frame [default: 0.002, sensor noise only].")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
           top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
-          score: str, whiten: bool, candidates: int, ground_truth: Path | None, no_report: bool, quiet: bool) -> None:
+          score: str, whiten: bool, candidates: int, ground_truth: Path | None, runtime: str,
+          dedupe: float | None, no_report: bool, quiet: bool) -> None:
     """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
@@ -151,7 +166,8 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
         result = run_match(list(examples), dataset, list(dict.fromkeys(backbones)), top_k=top_k or None,
                            min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
                            out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
-                           ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates)
+                           ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates,
+                           runtime=runtime, **({} if dedupe is None else {"dedupe": dedupe}))
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
         _fatal(str(exc))
         return

@@ -41,11 +41,13 @@ STORE_DTYPE = np.float16  # halves disk and memory; cosine scores change by < 1e
 def weights_tag(backbone: Backbone) -> str:
     """A folder name that changes whenever the weights do (so caches never mix models)."""
     weights = backbone.weights or "unknown"
-    if weights in ("imagenet",) or weights.startswith("random"):
-        return re.sub(r"[^a-z0-9]+", "-", weights.lower()).strip("-")
     path = Path(weights)
-    stat = path.stat() if path.exists() else None
-    ident = f"{path.resolve()}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}"
+    # Names ("imagenet", "random (weights=None)", "none ...") are tags; only an existing file is hashed
+    # (by where it is and which version of it), so the tag never depends on the current directory.
+    if weights in ("imagenet",) or weights.startswith("random") or not path.is_file():
+        return re.sub(r"[^a-z0-9]+", "-", weights.lower()).strip("-")[:60] or "unknown"
+    stat = path.stat()
+    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     return f"file-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
@@ -152,9 +154,13 @@ class EmbeddingCache:
         """(n, dim) float32 vectors for keys that are all stored (flushes pending vectors first)."""
         self.flush()
         out = np.empty((len(keys), self.dim), np.float32)
-        for i, key in enumerate(keys):
-            shard, row = self._where[key]
-            out[i] = self._shards[shard][row]
+        if not len(keys):
+            return out
+        where = np.array([self._where[key] for key in keys], np.int64).reshape(-1, 2)
+        # One fancy-index gather per shard instead of a Python loop over rows.
+        for shard in np.unique(where[:, 0]):
+            mine = np.flatnonzero(where[:, 0] == shard)
+            out[mine] = self._shards[int(shard)][where[mine, 1]]
         return out
 
     def iter_chunks(self, keys: Sequence[str], chunk: int = 65_536) -> Iterator[np.ndarray]:

@@ -1,21 +1,32 @@
 """Vector indexes behind one small interface.
 
 ``Index`` is what matching talks to; ``FaissIndex`` implements it with FAISS, chosen by a factory
-string exactly as ``faiss.index_factory`` takes it (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``).
-Vectors are L2-normalised, so inner product = cosine similarity. Other engines (a vector database)
-can implement the same four methods.
+string exactly as ``faiss.index_factory`` takes it (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``),
+optionally followed by ``|`` and search parameters as ``faiss.ParameterSpace`` takes them
+(``"IVF4096,Flat|nprobe=32"``, ``"HNSW32|efSearch=128"``). Vectors are L2-normalised, so inner
+product = cosine similarity. Other engines (a vector database) can implement the same four methods.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 
 import numpy as np
 
-#: below this many vectors exact search is fast enough and needs no training
+from framesim.descriptors import even_sample
+
+#: below this many vectors exact search is used. For a batch of 1000 queries it is also the fastest at
+#: 1M x 1280 (``python -m bench index``: Flat 57 CPU-s build + search, exact, 5.7 GB peak; IVF1024,SQ8 at
+#: nprobe=128 107 CPU-s, recall@10 0.95, 2.2 GB; HNSW32 ~500 CPU-s to build): above it we switch for
+#: memory, the float32 copy costing 5 GB per million 1280-d vectors.
 AUTO_FLAT_LIMIT = 1_000_000
+#: share of the IVF lists the automatic choice searches (nprobe = nlist / 8)
+AUTO_PROBE_SHARE = 8
 #: vectors copied into FAISS per call: bounds the extra memory of ``add`` on big collections
 ADD_CHUNK = 65_536
+#: training vectors for indexes other than IVF (PQ codebooks)
+TRAIN_DEFAULT = 65_536
 
 
 class Index(abc.ABC):
@@ -40,22 +51,49 @@ class Index(abc.ABC):
 
 
 def auto_factory(n_vectors: int) -> str:
-    """The index we pick when the user does not: exact below a million vectors, HNSW above."""
-    return "Flat" if n_vectors < AUTO_FLAT_LIMIT else "HNSW32"
+    """The index we pick when the user does not: exact below ``AUTO_FLAT_LIMIT`` vectors, above it an
+    IVF with ~sqrt(n) lists of 8-bit scalar-quantised vectors, a quarter of Flat's memory."""
+    if n_vectors < AUTO_FLAT_LIMIT:
+        return "Flat"
+    nlist = ivf_lists(n_vectors)
+    return f"IVF{nlist},SQ8|nprobe={nlist // AUTO_PROBE_SHARE}"
+
+
+def ivf_lists(n_vectors: int) -> int:
+    """IVF lists for ``n_vectors``: the power of two nearest sqrt(n), at least 64. FAISS suggests 4-16 sqrt(n),
+    but training that many lists (k-means over 50 vectors per list) takes tens of CPU-minutes at 1M."""
+    return max(64, 2 ** round(math.log2(math.sqrt(max(n_vectors, 1)))))
 
 
 class FaissIndex(Index):
-    """FAISS index built from a factory string, inner-product metric."""
+    """FAISS index built from a factory string (``"IVF1024,Flat|nprobe=32"``), inner-product metric.
 
-    def __init__(self, dim: int, factory: str = "Flat") -> None:
+    ``expected`` vectors, when known, get their storage allocated up front (``reserve``).
+    """
+
+    def __init__(self, dim: int, factory: str = "Flat", expected: int = 0) -> None:
         import faiss
 
         self.dim = dim
         self.factory = factory
+        build, _, params = factory.partition("|")
         try:
-            self._index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+            self._index = faiss.index_factory(dim, build, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
-            raise ValueError(f"invalid FAISS index factory string {factory!r}: {exc}") from None
+            raise ValueError(f"invalid FAISS index factory string {build!r}: {exc}") from None
+        if params:
+            self.set_search_params(params)
+        if expected:
+            self.reserve(expected)
+
+    def set_search_params(self, params: str) -> None:
+        """Search parameters as ``faiss.ParameterSpace`` takes them: ``"nprobe=32"``, ``"efSearch=128"``."""
+        import faiss
+
+        try:
+            faiss.ParameterSpace().set_index_parameters(self._index, params)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid FAISS search parameters {params!r} for {self.factory!r}: {exc}") from None
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -64,13 +102,43 @@ class FaissIndex(Index):
     def needs_training(self) -> bool:
         return not self._index.is_trained
 
+    @property
+    def training_size(self) -> int:
+        """Vectors ``train`` should get: 50 per IVF list (FAISS warns below 39 and subsamples above 256)."""
+        import faiss
+
+        if not self.needs_training:
+            return 0
+        ivf = faiss.try_extract_index_ivf(self._index)
+        return 50 * int(ivf.nlist) if ivf is not None else TRAIN_DEFAULT
+
     def train(self, vectors: np.ndarray) -> None:
+        """Train on a sample spread over the whole collection (its first videos alone would bias the lists)."""
         self._index.train(_as_f32(vectors, self.dim))
 
+    def reserve(self, n: int) -> None:
+        """Allocate room for ``n`` more vectors in flat storage (Flat, HNSW, scalar quantisers).
+
+        Grown as vectors arrive, the storage doubles its capacity and copies itself, briefly needing
+        up to twice the index's size (issue #5: "1M x 2048 needed 16 GB during add").
+        """
+        import faiss
+
+        storage = faiss.downcast_index(self._index.storage) if hasattr(self._index, "storage") else self._index
+        if not isinstance(storage, faiss.IndexFlatCodes):
+            return  # IVF lists grow one list at a time: no collection-sized copy
+        used = int(storage.ntotal) * storage.code_size
+        if storage.codes.size() < used + n * storage.code_size:
+            # std::vector keeps its capacity when shrunk back: later adds fill it without reallocating.
+            storage.codes.resize(used + n * storage.code_size)
+            storage.codes.resize(used)
+
     def add(self, vectors: np.ndarray) -> None:
+        """Append vectors, copied into FAISS ``ADD_CHUNK`` rows at a time. An untrained index is first
+        trained on an even sample of these vectors; for a big collection call ``train`` first."""
         vectors = _as_f32(vectors, self.dim)
         if self.needs_training:
-            self.train(vectors)
+            self.train(vectors[even_sample(len(vectors), self.training_size)])
         for start in range(0, len(vectors), ADD_CHUNK):
             self._index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK]))
 
@@ -111,10 +179,10 @@ class FaissIndex(Index):
 
 
 def make_index(dim: int, factory: str | None = None, n_vectors: int = 0) -> Index:
-    """Build an index; ``factory=None`` or ``"auto"`` picks by collection size."""
+    """An index for ``n_vectors`` (0: unknown); ``factory=None`` or ``"auto"`` picks by collection size."""
     if factory is None or factory == "auto":
         factory = auto_factory(n_vectors)
-    return FaissIndex(dim, factory)
+    return FaissIndex(dim, factory, expected=n_vectors)
 
 
 def _as_f32(x: np.ndarray, dim: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import pandas as pd
 from framesim._io import write_json, write_table
 from framesim.backbones.base import Backbone, get_backbone, split_spec
 from framesim.dataset import FrameDataset
+from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, DedupeResult, frame_thumbnails, near_duplicate_runs
 from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
 from framesim.images import ImageError, find_images, load_image, pixel_sha256
@@ -148,14 +149,16 @@ def search_pairs(
             np.concatenate(scores).astype(np.float32))
 
 
-def _frame_loader(dataset: FrameDataset, manifest: pd.DataFrame) -> Callable[[str], np.ndarray]:
+def _frame_loader(dataset: FrameDataset, manifest: pd.DataFrame,
+                  min_side: int | None = None) -> Callable[[str], np.ndarray]:
+    """``key -> RGB image``; ``min_side``: see ``images.load_image`` (decode JPEGs at reduced scale)."""
     path_of = dict(zip(manifest["sha256"], manifest["path"], strict=True))
-    return lambda key: load_image(dataset.frame_path(path_of[key]))
+    return lambda key: load_image(dataset.frame_path(path_of[key]), min_side)
 
 
-def _example_loader(examples: Sequence[Example]) -> Callable[[str], np.ndarray]:
+def _example_loader(examples: Sequence[Example], min_side: int | None = None) -> Callable[[str], np.ndarray]:
     path_of = {ex.sha256: ex.path for ex in examples}
-    return lambda key: load_image(path_of[key])
+    return lambda key: load_image(path_of[key], min_side)
 
 
 def match(
@@ -177,6 +180,8 @@ def match(
     whiten: bool = DEFAULT_WHITEN,
     candidates: int = DEFAULT_CANDIDATES,
     workers: int = 2,
+    runtime: str = "auto",
+    dedupe: float = DEFAULT_DEDUPE_THRESHOLD,
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
@@ -191,7 +196,10 @@ def match(
     the cosine stays available in the ``cosine`` column. ``whiten`` PCA-whitens the descriptors,
     learned on the frames being searched. A spec can override ``score`` and ``whiten`` for itself:
     ``efficientnet-lite0:avg@cosine`` is the original pipeline (see ``parse_match_spec``).
-    ``workers`` threads run the local-feature verification.
+    ``dedupe``: consecutive frames of a video whose thumbnails differ by less than this (mean absolute
+    difference, 0..1) share one CNN vector (``framesim.dedupe``); 0 embeds every frame.
+    ``workers`` threads run the local-feature verification. ``runtime`` picks the inference runtime of
+    the CNN backbones (``"auto"``, ``"tensorflow"``, ... see ``framesim.backbones.runtime``).
 
     With ``ground_truth`` (a CSV, see ``read_ground_truth``) the pairs get a ``correct`` column.
     Frames of ``exclude_videos`` (values of the manifest's ``video`` or ``video_id``) are left out of
@@ -225,31 +233,34 @@ def match(
         for f in failed_examples:
             fail(f["reason"])
         frames_by_key = manifest.drop_duplicates("sha256")
+        vector_key = _dedupe(ds, manifest, frames_by_key, dedupe, workers)
+        to_embed = vector_key.representatives
         tables, backbone_runs = [], []
         for spec in backbones:
             if isinstance(spec, Backbone):
                 backbone, b_score, b_whiten = spec, score, whiten
             else:
                 model_spec, b_score, b_whiten, suffix = parse_match_spec(spec, score, whiten)
-                backbone = get_backbone(model_spec, **_weights_for(spec, weights))
+                backbone = get_backbone(model_spec, runtime=runtime, **_weights_for(spec, weights))
                 if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
                     backbone.name = f"{backbone.name}@{suffix}"
             cache = EmbeddingCache(ds.root / "embeddings", backbone)
-            frame_stats = embed_missing(backbone, cache, list(frames_by_key["sha256"]),
-                                        _frame_loader(ds, frames_by_key), batch_size=batch_size,
-                                        progress=progress, desc="frames")
+            frame_stats = embed_missing(backbone, cache, to_embed,
+                                        _frame_loader(ds, frames_by_key, backbone.input_size),
+                                        batch_size=batch_size, progress=progress, desc="frames")
             example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
-                                          _example_loader(example_list), batch_size=batch_size,
-                                          progress=progress, desc="examples")
+                                          _example_loader(example_list, backbone.input_size),
+                                          batch_size=batch_size, progress=progress, desc="examples")
             for msg in frame_stats.failures + example_stats.failures:
                 fail(msg)
             # Frames whose image could not be read are left out of the index, not fatal.
-            usable = manifest[manifest["sha256"].map(cache.__contains__)].reset_index(drop=True)
+            has_vector = [vector_key.vector_key.get(k, k) in cache for k in manifest["sha256"]]
+            usable = manifest[has_vector].reset_index(drop=True)
             usable_examples = [e for e in example_list if e.sha256 in cache]
             t0 = time.perf_counter()
             scored = _score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
                                      index=index, score=b_score, whiten=b_whiten, candidates=candidates,
-                                     workers=workers, fail=fail)
+                                     workers=workers, fail=fail, vector_key=vector_key.vector_key)
             search_seconds = time.perf_counter() - t0
             tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
             backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
@@ -273,6 +284,7 @@ def match(
         "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
         # The run's defaults; each backbone's entry has its own (a spec's "@..." overrides them).
         "postprocess": postprocess_settings(score, whiten, candidates),
+        "dedupe": vector_key.summary(),
         "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": truth_info,
     }
     result = MatchResult(pairs=pairs, run=run, failures=failures)
@@ -345,14 +357,17 @@ class _Scored:
 
 def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequence[Example], ds: FrameDataset,
                     *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
-                    candidates: int, workers: int, fail: Callable[[str], None]) -> _Scored:
+                    candidates: int, workers: int, fail: Callable[[str], None],
+                    vector_key: Mapping[str, str] | None = None) -> _Scored:
     keys = list(frames["sha256"])
+    # Near-identical frames share their run's vector (framesim.dedupe); all else uses the frame's own key.
+    vec_keys = [vector_key.get(k, k) for k in keys] if vector_key else keys
     summary: dict[str, Any] = {}
     whitening = None
     if whiten and len(keys) >= 2:
         t0 = time.perf_counter()
         sample = even_sample(len(keys), MAX_FIT_FRAMES)
-        whitening = PCAWhitening().fit(cache.get([keys[i] for i in sample]))
+        whitening = PCAWhitening().fit(cache.get([vec_keys[i] for i in sample]))
         summary["whitening_fit_frames"] = whitening.n_fit
         summary["whitening_seconds"] = round(time.perf_counter() - t0, 3)
 
@@ -360,7 +375,7 @@ def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Seque
         return whitening.apply(vectors) if whitening is not None else vectors
 
     queries = post(cache.get([e.sha256 for e in examples]))
-    chunks = (post(c) for c in cache.iter_chunks(keys))
+    chunks = (post(c) for c in cache.iter_chunks(vec_keys))
     if score == "cosine":
         ex, fr, cos = search_pairs(chunks, queries, top_k=top_k, min_score=min_score, index=index,
                                    n_frames=len(keys))
@@ -383,7 +398,8 @@ def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Seque
     videos = frames[video_col].astype(str).to_numpy()
     times = frames["timestamp_s"].to_numpy(np.float64)
     sample = even_sample(len(keys), MAX_FIT_FRAMES)
-    background = BackgroundSimilarity().fit(post(cache.get([keys[i] for i in sample])), videos[sample], times[sample])
+    background = BackgroundSimilarity().fit(post(cache.get([vec_keys[i] for i in sample])), videos[sample],
+                                            times[sample])
     best = fr_m[:, 0]
     bg = background(queries, videos[best], times[best])
     summary["background_frames"] = len(sample)
@@ -418,6 +434,19 @@ def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Seque
                    np.concatenate(out_s), np.concatenate(out_c), np.concatenate(out_i).astype(np.int32), summary)
 
 
+def _dedupe(ds: FrameDataset, manifest: pd.DataFrame, frames_by_key: pd.DataFrame, threshold: float,
+            workers: int) -> DedupeResult:
+    """Which frames share a vector (``framesim.dedupe``); with ``threshold <= 0`` none do."""
+    keys = list(manifest["sha256"])
+    if threshold <= 0:
+        return DedupeResult({k: k for k in keys}, threshold)
+    path_of = dict(zip(frames_by_key["sha256"], frames_by_key["path"], strict=True))
+    thumbs = frame_thumbnails(ds.root / "embeddings", list(path_of), lambda k: ds.frame_path(path_of[k]),
+                              workers=workers)
+    video_col = "video_id" if "video_id" in manifest else "video"
+    return near_duplicate_runs(keys, list(manifest[video_col]), thumbs, threshold)
+
+
 def _pairs_table(backbone: str, examples: Sequence[Example], frames: pd.DataFrame, scored: _Scored) -> pd.DataFrame:
     picked = frames.iloc[scored.fr_rows]
     table = pd.DataFrame({
@@ -443,7 +472,8 @@ def _backbone_summary(backbone: Backbone, frames: EmbedStats, examples: EmbedSta
     seconds = frames.seconds + examples.seconds
     return {
         "name": backbone.name, "spec": backbone.spec, "dim": backbone.dim, "input_size": backbone.input_size,
-        "weights": backbone.weights, "frames_embedded": frames.embedded, "frames_cached": frames.cached,
+        "weights": backbone.weights, "runtime": backbone.runtime,
+        "frames_embedded": frames.embedded, "frames_cached": frames.cached,
         "examples_embedded": examples.embedded, "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if embedded and seconds > 0 else None,
         "search_seconds": round(search_seconds, 4),

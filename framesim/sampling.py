@@ -185,13 +185,48 @@ class SceneSampler(Sampler):
         return f"scene={_fmt(self.threshold)}"
 
 
+class KeyframeSampler(Sampler):
+    """For keyframe mode, where the extractor feeds only keyframes: keep them all, or with ``fps``
+    only a keyframe at least 1/fps s after the last one kept.
+
+    Thinning by distance, not by clock ticks: keyframes are not on a grid, and "no two frames
+    closer than 1/fps" is what ``fps`` can promise about them. Its spec starts with ``keyframes``,
+    so the extractor's resume records keep keyframe runs apart from runs over all frames.
+    """
+
+    def __init__(self, fps: float | None = None) -> None:
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        self.fps = None if fps is None else float(fps)
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_kept = -math.inf
+
+    def wants(self, index: int, t: float) -> bool:
+        if self.fps is not None and t + TIME_EPS < self._last_kept + 1.0 / self.fps:
+            return False
+        self._last_kept = t
+        return True
+
+    def spec(self) -> str:
+        return "keyframes" + (f",fps={_fmt(self.fps)}" if self.fps is not None else "")
+
+
 def make_sampler(fps: float | None = 1.0, every: int | None = None, scene: float | None = None,
-                 *, origin: float = 0.0) -> Sampler:
+                 *, origin: float = 0.0, keyframes: bool = False) -> Sampler:
     """The sampler for CLI-style options: ``scene`` or ``every`` if given, else ``fps``.
 
     ``fps`` is a default, so it yields to an explicit ``every`` or ``scene``; giving both ``every``
     and ``scene`` is an error. ``origin`` anchors the fps clock (the extraction range's start).
+    ``keyframes``: a ``KeyframeSampler`` thinned by ``fps`` (None: every keyframe); ``every`` and
+    ``scene`` need every decoded frame, so they cannot be combined with it.
     """
+    if keyframes:
+        if every is not None or scene is not None:
+            raise ValueError("keyframes mode decodes only keyframes; every and scene need every frame "
+                             "(use fps to thin keyframes)")
+        return KeyframeSampler(fps)
     if every is not None and scene is not None:
         raise ValueError("give at most one of every and scene")
     if scene is not None:

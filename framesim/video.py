@@ -17,7 +17,7 @@ import collections
 import math
 import os
 import statistics
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -88,6 +88,24 @@ def find_videos(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
+def check_video_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``VideoError`` unless ``path`` is a non-empty regular file this process may read
+    (checked before a decoder sees it, so the reason is precise and a FIFO never blocks)."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(path, "no such file")
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise VideoError(path, f"cannot read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise VideoError(path, "permission denied")
+
+
 def _open_capture(path: Path) -> cv2.VideoCapture:
     """Open with the FFmpeg backend by absolute path.
 
@@ -138,14 +156,15 @@ class TimestampRepair:
             ok = math.isfinite(raw) and raw >= 0
             t = raw if ok else 0.0
         else:
-            interval = self.typical_interval
             ok = math.isfinite(raw) and raw > prev
-            if ok and raw - prev > max(_ABSURD_JUMP_SECONDS, _ABSURD_JUMP_INTERVALS * interval):
+            # the typical interval (a median) only when needed: this runs for every decoded frame
+            if (ok and raw - prev > _ABSURD_JUMP_SECONDS
+                    and raw - prev > _ABSURD_JUMP_INTERVALS * self.typical_interval):
                 # only provably absurd: beyond what the header says the video lasts
                 ok = self.declared_duration is None or raw <= self.declared_duration + _ABSURD_PAST_DURATION_S
+            t = raw if ok else prev + self.typical_interval
             if ok and not self._last_was_repaired:  # learn intervals from genuine pairs only
                 self._intervals.append(raw - prev)
-            t = raw if ok else prev + interval
         self._last_was_repaired = not ok
         self.repaired += not ok
         if self.first is None:
@@ -170,18 +189,7 @@ class VideoReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise VideoError(path, "no such file")
-        if not self.path.is_file():
-            raise VideoError(path, "not a regular file")
-        try:
-            size = self.path.stat().st_size
-        except OSError as exc:
-            raise VideoError(path, f"cannot read ({exc.strerror or exc})") from exc
-        if size == 0:
-            raise VideoError(path, "empty file (0 bytes)")
-        if not os.access(self.path, os.R_OK):
-            raise VideoError(path, "permission denied")
+        check_video_file(self.path)
         try:
             self._cap = _open_capture(self.path)
         except cv2.error as exc:
@@ -215,6 +223,11 @@ class VideoReader:
     def typical_interval(self) -> float:
         """Median of recent frame intervals; before any, 1 / nominal fps (or 1/25 s)."""
         return self._clock.typical_interval
+
+    @property
+    def frames_read(self) -> int:
+        """Frames of the stream gone through so far (here: grabbed; see KeyframeReader)."""
+        return self.frames_decoded
 
     @property
     def timestamps_repaired(self) -> int:
@@ -264,6 +277,12 @@ class VideoReader:
         if bgr.ndim == 2:  # some backends hand out greyscale for grey sources
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         return bgr
+
+    def retrieve_bgr_deferred(self) -> Callable[[], np.ndarray]:
+        """The frame last grabbed as a function returning BGR uint8 (the interface KeyframeReader
+        offers; OpenCV must convert the frame before the next grab, so this converts now)."""
+        bgr = self.retrieve_bgr()
+        return lambda: bgr
 
     def retrieve(self) -> np.ndarray:
         """The frame last grabbed, as RGB uint8 (H, W, 3)."""

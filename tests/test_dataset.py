@@ -3,10 +3,12 @@ failures. Synthetic videos give exact answers; the real media covers codecs and 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -148,6 +150,18 @@ def test_manifest_columns_dtypes_files_and_csv(make_video: MakeVideo, tmp_path: 
     assert csv["frame_id"].tolist() == manifest["frame_id"].tolist()
     assert csv["timestamp_s"].tolist() == manifest["timestamp_s"].tolist()
     assert not list((root / "state" / "pending").glob("*.parquet"))  # consolidated at the end
+
+
+def test_frame_files_get_the_usual_mode_and_no_temp_files_remain(make_video: MakeVideo, tmp_path: Path) -> None:
+    old_umask = os.umask(0o027)
+    try:
+        run(make_video(n_frames=60), tmp_path / "ds", every=10)
+        assert os.umask(0o027) == 0o027  # the run left the process umask as it was
+    finally:
+        os.umask(old_umask)
+    images = [f for f in (tmp_path / "ds" / "frames").rglob("*") if f.is_file()]
+    assert len(images) == 6 and all(f.suffix == ".jpg" and not f.name.startswith(".") for f in images)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in images} == {0o640}  # 0o666 & ~umask, like open()
 
 
 def test_empty_dataset_manifest_has_the_columns(tmp_path: Path) -> None:
@@ -341,6 +355,39 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(make_video: MakeVideo, 
     assert summary.ok and summary.frames_added == 50 - len(killed)
     pd.testing.assert_frame_equal(FrameDataset(root).manifest(), FrameDataset(tmp_path / "full").manifest())
     assert files_under(root) == files_under(tmp_path / "full")  # no leftovers (temp files, orphans)
+
+
+def test_failed_image_write_ends_the_run_and_the_manifest_names_only_written_images(
+        make_video: MakeVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset_mod, "CHUNK_ROWS", 3)
+    video = make_video("v.mp4", n_frames=100)
+    run(video, tmp_path / "full", every=4)
+    real_write = dataset_mod._write_frame_file
+    images_written = 0
+    count_lock = threading.Lock()  # two writer threads
+
+    def disk_fills_up(path: Path, data: bytes, mode: int) -> None:
+        nonlocal images_written
+        with count_lock:
+            if images_written == 7:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            images_written += 1
+        real_write(path, data, mode)
+
+    monkeypatch.setattr(dataset_mod, "_write_frame_file", disk_fills_up)
+    root = tmp_path / "ds"
+    with pytest.raises(OSError, match="No space left"):
+        run(video, root, every=4)
+    monkeypatch.setattr(dataset_mod, "_write_frame_file", real_write)
+    ds = FrameDataset(root)
+    manifest = ds.manifest()
+    assert len(manifest) == 7  # two chunks of 3, then the one image written before the failure
+    assert all(load_image(ds.frame_path(p)).shape == (120, 160, 3) for p in manifest["path"])
+    state = ds.video_state(manifest["video_id"][0])
+    assert state is not None and state["runs"]["every=4;start=;end=;max="]["status"] == "partial"
+    resumed = run(video, root, every=4)
+    assert (resumed.frames_added, resumed.frames_existing) == (25 - 7, 7)
+    pd.testing.assert_frame_equal(ds.manifest(), FrameDataset(tmp_path / "full").manifest())
 
 
 # -- locking ---------------------------------------------------------------------------------------

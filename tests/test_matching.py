@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from framesim.dataset import extract
 from framesim.matching import EXTRA_COLUMNS, PAIRS_COLUMNS, match, read_pairs, search_pairs
+from framesim.matching import match as match_
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = (0, 10, 20, 30)  # four scenes of 10 frames each
@@ -92,6 +94,9 @@ def test_second_run_embeds_nothing_and_grown_dataset_only_new(
 ) -> None:
     video, dataset = scene_dataset
     write_examples(video, tmp_path / "examples")
+    # Frames of a scene differ only by a small drawn number, which dedupe would (rightly) call near-identical;
+    # this test counts cache hits, so every frame gets its own vector.
+    match = functools.partial(match_, dedupe=0)
     first = match(tmp_path / "examples", dataset, ["tiny-image"], progress=False).run["backbones"][0]
     assert (first["frames_embedded"], first["examples_embedded"]) == (8, 4)
     second = match(tmp_path / "examples", dataset, ["tiny-image"], progress=False).run["backbones"][0]

@@ -9,6 +9,7 @@ from framesim.sampling import (
     DEFAULT_SCENE_THRESHOLD,
     EveryNSampler,
     FpsSampler,
+    KeyframeSampler,
     Sampler,
     SceneSampler,
     make_sampler,
@@ -129,3 +130,20 @@ def test_make_sampler_precedence_and_errors() -> None:
                 dict(scene=0), dict(scene=1.5)):
         with pytest.raises(ValueError):
             make_sampler(**bad)  # type: ignore[arg-type]
+
+
+def test_keyframe_sampler_keeps_all_or_thins_by_distance() -> None:
+    keyframes = [0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 5.0, 5.3]
+    assert run(KeyframeSampler(), keyframes) == list(range(9))
+    # >= 1 s after the last kept one (not clock ticks: those would keep 2.0 too)
+    assert [keyframes[i] for i in run(KeyframeSampler(1), keyframes)] == [0.0, 1.2, 2.4, 5.0]
+    assert run(KeyframeSampler(1), grid(10, 1)) == list(range(10))  # exactly 1 s apart: all (float ms)
+    assert KeyframeSampler().spec() == "keyframes" and KeyframeSampler(0.50).spec() == "keyframes,fps=0.5"
+    assert not KeyframeSampler.needs_pixels
+    assert make_sampler(fps=None, keyframes=True).spec() == "keyframes"
+    assert make_sampler(fps=2, keyframes=True).spec() == "keyframes,fps=2"
+    for bad in (dict(every=2), dict(scene=0.1)):
+        with pytest.raises(ValueError, match="keyframes"):
+            make_sampler(keyframes=True, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        KeyframeSampler(0)

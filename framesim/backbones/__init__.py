@@ -1,6 +1,7 @@
 """Backbones: named image embedders behind one small interface (see ``base.Backbone``), asked for by
 spec ``NAME[:DESCRIPTOR]`` (``efficientnet-lite0``, ``efficientnet-lite0:avg``, ``resnet50:gem+flip``;
-descriptors: ``pooling``)."""
+descriptors: ``pooling``). CNN backbones run in TensorFlow or, converted, in ONNX Runtime or OpenVINO
+(``runtime``)."""
 
 from framesim.backbones.base import (
     Backbone,

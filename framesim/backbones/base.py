@@ -12,6 +12,7 @@ see ``pooling``) applies to backbones registered with ``poolable=True`` (the CNN
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ class Backbone(abc.ABC):
     dim: int
     #: where the weights come from, for display ("imagenet", a file path, "random (weights=None)")
     weights: str | None = None
+    #: what runs the network ("tensorflow", "onnxruntime", "openvino"; "none" without a network)
+    runtime: str = "none"
 
     @property
     def base_name(self) -> str:
@@ -152,13 +155,18 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return name, (descriptor if sep else None)
 
 
-def get_backbone(spec: str, **kwargs: object) -> Backbone:
+def get_backbone(spec: str, runtime: str = "auto", **kwargs: object) -> Backbone:
     """Build a backbone from a spec ``NAME[:DESCRIPTOR]``; kwargs go to its factory (e.g. ``weights=``).
 
     The returned backbone's ``name`` is the spec as asked for (canonical descriptor spelling) and its
     ``spec`` the complete one (``efficientnet-lite0`` -> spec ``efficientnet-lite0:gem``).
+    ``runtime`` (see ``runtime.RUNTIMES``) goes to factories that take it (the CNNs); the others have
+    no network to run and ignore it, so one value can serve a list of mixed backbones.
     """
     from framesim.backbones.pooling import PoolingError, parse_descriptor
+    from framesim.backbones.runtime import check_runtime
+
+    check_runtime(runtime)
 
     _load_builtin()
     name, descriptor = split_spec(spec)
@@ -175,11 +183,18 @@ def get_backbone(spec: str, **kwargs: object) -> Backbone:
             parsed = parse_descriptor(descriptor if descriptor is not None else info.default_descriptor)
         except PoolingError as exc:
             raise BackboneError(f"{spec!r}: {exc}") from None
-        backbone = info.factory(descriptor=parsed, **kwargs)
+        backbone = info.factory(descriptor=parsed, **_with_runtime(info.factory, runtime, kwargs))
         backbone.base_name = name
         backbone.name = name if descriptor is None else f"{name}:{parsed}"
         return backbone
-    return info.factory(**kwargs)
+    return info.factory(**_with_runtime(info.factory, runtime, kwargs))
+
+
+def _with_runtime(factory: Callable[..., Backbone], runtime: str, kwargs: dict[str, object]) -> dict[str, object]:
+    # Plugin factories written before runtimes existed do not take the argument.
+    params = inspect.signature(factory).parameters
+    takes = "runtime" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {**kwargs, "runtime": runtime} if takes else kwargs
 
 
 def _load_builtin() -> None:

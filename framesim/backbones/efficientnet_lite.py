@@ -460,9 +460,12 @@ class EfficientNetLiteBackbone(KerasBackbone):
     """EfficientNet-Lite0/1/2 features: the 1280-channel head pooled by ``descriptor``, L2-normalised."""
 
     dim = HEAD_CHANNELS
+    # Two images per call: 25-40% less CPU time per image than batches of 8-32 in every runtime
+    # (bench/backbones.py), as the depthwise layers' activations then stay in cache.
+    network_batch = 2
 
     def __init__(self, variant: LiteVariant | str, weights: str | os.PathLike[str] | None = "imagenet",
-                 descriptor: Descriptor | str | None = None) -> None:
+                 descriptor: Descriptor | str | None = None, runtime: str = "auto") -> None:
         if isinstance(variant, str):
             if variant not in VARIANTS:
                 raise BackboneError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -491,7 +494,7 @@ class EfficientNetLiteBackbone(KerasBackbone):
         self.load_seconds = t1 - t0
         self.build_seconds = time.perf_counter() - t1
         self._classify_call: Any = None
-        super().__init__(model, descriptor)
+        super().__init__(model, descriptor, runtime)
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
         # The TF Lite reference preprocessing: mean 127, std 128 on RGB 0..255 (not ImageNet mean/std).
@@ -518,9 +521,9 @@ def weights_available(variant: LiteVariant) -> bool:
 
 
 def _factory(variant: LiteVariant) -> Callable[..., EfficientNetLiteBackbone]:
-    def make(weights: str | os.PathLike[str] | None = "imagenet",
-             descriptor: Descriptor | str | None = None) -> EfficientNetLiteBackbone:
-        return EfficientNetLiteBackbone(variant, weights=weights, descriptor=descriptor)
+    def make(weights: str | os.PathLike[str] | None = "imagenet", descriptor: Descriptor | str | None = None,
+             runtime: str = "auto") -> EfficientNetLiteBackbone:
+        return EfficientNetLiteBackbone(variant, weights=weights, descriptor=descriptor, runtime=runtime)
 
     return make
 

@@ -63,7 +63,7 @@ class KerasApplicationBackbone(KerasBackbone):
     input_size = 224
 
     def __init__(self, spec: KerasAppSpec, weights: str | os.PathLike[str] | None = "imagenet",
-                 descriptor: Descriptor | str | None = None) -> None:
+                 descriptor: Descriptor | str | None = None, runtime: str = "auto") -> None:
         quiet_tensorflow()
         import keras
 
@@ -92,7 +92,7 @@ class KerasApplicationBackbone(KerasBackbone):
             if keras_weights == "imagenet":
                 raise BackboneError(self._offline_help(exc)) from exc
             raise BackboneError(f"{spec.name}: cannot load weights {keras_weights}: {exc}") from exc
-        super().__init__(model, descriptor)
+        super().__init__(model, descriptor, runtime)
 
     def _offline_help(self, exc: Exception) -> str:
         spec = self._spec
@@ -108,9 +108,9 @@ class KerasApplicationBackbone(KerasBackbone):
 
 
 def _factory(spec: KerasAppSpec) -> Callable[..., KerasApplicationBackbone]:
-    def make(weights: str | os.PathLike[str] | None = "imagenet",
-             descriptor: Descriptor | str | None = None) -> KerasApplicationBackbone:
-        return KerasApplicationBackbone(spec, weights=weights, descriptor=descriptor)
+    def make(weights: str | os.PathLike[str] | None = "imagenet", descriptor: Descriptor | str | None = None,
+             runtime: str = "auto") -> KerasApplicationBackbone:
+        return KerasApplicationBackbone(spec, weights=weights, descriptor=descriptor, runtime=runtime)
 
     return make
 

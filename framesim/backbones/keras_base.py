@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import cv2
 import numpy as np
 
 from framesim.backbones.base import Backbone
-from framesim.backbones.pooling import Descriptor, describe
+from framesim.backbones.pooling import MULTI_SCALES, Descriptor, describe
+from framesim.backbones.runtime import THREADS_ENV, Runner, TensorFlowRunner, check_runtime, select_runner
+
+#: images of the fixed batch each converted runtime is checked on against TensorFlow
+CHECK_IMAGES = 3
 
 
 def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter unless the user asked for it."""
+    """Silence TensorFlow's C++ start-up chatter unless the user asked for it; apply ``FRAMESIM_THREADS``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow reads these when it starts. Its default (as many threads as cores, for both pools)
+    # was not beaten by other settings on 2 cores, so only an explicit override is passed on.
+    threads = os.environ.get(THREADS_ENV, "").strip()
+    if threads:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
 
 
 class KerasBackbone(Backbone):
@@ -23,28 +33,65 @@ class KerasBackbone(Backbone):
 
     ``descriptor`` (see ``pooling``) turns the map into the embedding, so every Keras backbone offers
     the same poolings. The model must accept any input size (``ms`` runs it at other scales).
+    ``runtime`` runs the model (see ``runtime``): ``"auto"``, ``"tensorflow"``, ``"onnxruntime"`` or
+    ``"openvino"``; the one in use is ``self.runtime``. Subclasses call ``__init__`` last: checking a
+    converted runtime embeds a fixed batch, so ``name``, ``input_size``, ``weights`` and ``preprocess``
+    must work by then.
     """
 
-    def __init__(self, model: Any, descriptor: Descriptor | None = None) -> None:
+    #: most images per network call; larger batches are split (None: run them as given). Depthwise
+    #: convolutions are memory-bound: such networks run faster when one call's activations stay in cache.
+    network_batch: int | None = None
+
+    def __init__(self, model: Any, descriptor: Descriptor | None = None, runtime: str = "auto") -> None:
         self.model = model
         self.descriptor = descriptor or Descriptor()
-        self._call: Any = None
+        self._reference = TensorFlowRunner(model)
+        self._runners: dict[str, Runner] = {}
+        self.set_runtime(runtime)
 
     @property
     def spec(self) -> str:
+        # The same for every runtime: a runtime is used only when its outputs match TensorFlow's.
         return f"{self.base_name}:{self.descriptor}"
+
+    def set_runtime(self, runtime: str) -> None:
+        """Run the model with ``runtime`` from now on (converting and checking it if needed; switching
+        back to one used before is free)."""
+        t0 = time.perf_counter()
+        if check_runtime(runtime) not in self._runners:
+            self._runners[runtime] = select_runner(
+                self.model, runtime, name=self.base_name, check_batches=self._check_batches(),
+                cache=not str(self.weights).startswith("random"), reference=self._reference)
+        self._runner = self._runners[runtime]
+        #: the runtime in use: "tensorflow", "onnxruntime" or "openvino"
+        self.runtime: str = self._runner.name
+        #: seconds spent choosing the runtime: loading, or converting and checking, the exported model
+        self.runtime_seconds = time.perf_counter() - t0
+
+    def _check_batches(self) -> list[np.ndarray]:
+        """Preprocessed batches to compare runtimes on: structured and noisy images, and for a model that
+        takes any size (multi-scale) the same at the largest ``ms`` scale."""
+        rng = np.random.default_rng(5)
+        s = self.input_size
+        images = [cv2.resize(rng.integers(0, 256, (g, g, 3), dtype=np.uint8), (s, s), interpolation=cv2.INTER_CUBIC)
+                  for g in (4, 24)] + [rng.integers(0, 256, (s, s, 3), dtype=np.uint8)]
+        batch = self.preprocess(np.stack(images[:CHECK_IMAGES]))
+        if self.model.inputs[0].shape[1] is not None:
+            return [batch]
+        return [batch, _resize_batch(batch, int(round(s * max(MULTI_SCALES) / 32)) * 32)]
+
+    @property
+    def runner(self) -> Runner:
+        """The current runtime's network call: preprocessed batch -> maps, one call whatever the batch."""
+        return self._runner
 
     def feature_maps(self, batch: np.ndarray) -> np.ndarray:
         """The activation maps (n, h, w, C) of a preprocessed float32 batch."""
-        if self._call is None:
-            import tensorflow as tf
-
-            # One traced graph, reused for every batch of the same shape: avoids Keras' per-call
-            # Python overhead (predict() builds a dataset per call).
-            # Traced once for any batch and image size (multi-scale runs three sizes).
-            self._call = tf.function(lambda x: self.model(x, training=False),
-                                     input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
-        return np.asarray(self._call(batch))
+        step = self.network_batch
+        if step is None or len(batch) <= step:
+            return self._runner(batch)
+        return np.concatenate([self._runner(batch[i:i + step]) for i in range(0, len(batch), step)])
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return describe(self.feature_maps, batch, self.descriptor, _resize_batch)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from framesim._io import write_json, write_table
 from framesim.backbones.base import Backbone
+from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD
 from framesim.evaluation.benchmark import Benchmark, build_benchmark
 from framesim.evaluation.edits import DEFAULT_EDITS
 from framesim.evaluation.metrics import (
@@ -102,11 +103,14 @@ def evaluate(
     batch_size: int = 32,
     report: bool = True,
     on_error: Callable[[str], None] | None = None,
+    dedupe: float = DEFAULT_DEDUPE_THRESHOLD,
+    runtime: str = "auto",
 ) -> EvaluationResult:
     """Build a copy-detection benchmark from ``dataset`` (see ``benchmark.build_benchmark``), rank
     it with each of ``backbones`` through ``framesim.match`` (names or specs, passed through as
     given), and score the pairs (see ``metrics``). Writes the files listed in the module docstring
-    into ``out_dir``; returns the table and the rest. ``from_video=False``: see ``build_benchmark``."""
+    into ``out_dir``; returns the table and the rest. ``from_video=False``: see ``build_benchmark``.
+    ``dedupe`` and ``runtime`` go to ``match``."""
     started = time.perf_counter()
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k!r}")
@@ -119,7 +123,8 @@ def evaluate(
                             progress=progress)
     result = match(bench.examples_dir, dataset, specs, top_k=top_k, index=index, weights=weights, out_dir=out,
                    batch_size=batch_size, progress=progress, on_error=on_error,
-                   ground_truth=bench.ground_truth_path, exclude_videos=bench.exclude_videos)
+                   ground_truth=bench.ground_truth_path, exclude_videos=bench.exclude_videos, dedupe=dedupe,
+                   runtime=runtime)
     names = [str(b["name"]) for b in result.run["backbones"]]
     edit_order = list(edits) if edits is not None else list(DEFAULT_EDITS)
     table = evaluation_table(result.pairs, bench.truth, names, edit_order=edit_order)
