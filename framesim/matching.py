@@ -110,8 +110,12 @@ def search_pairs(
     min_score: float | None,
     index: str | None = None,
     n_frames: int | None = None,
+    train_sample: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index frame vectors (an array or chunks of one) and search every example.
+
+    ``train_sample(n)`` returns about n frame vectors spread over the whole collection, for indexes that
+    need training (IVF): without it they train on the first chunk, i.e. on the first videos only.
 
     Returns flat arrays (example_row, frame_row, score), best first within each example. With
     ``top_k`` the best k frames per example are kept, with ``min_score`` only scores >= it; both
@@ -125,6 +129,8 @@ def search_pairs(
     for chunk in chunks:
         if idx is None:
             idx = make_index(dim, index, n_frames if n_frames is not None else len(chunk))
+            if train_sample is not None and getattr(idx, "needs_training", False):
+                idx.train(train_sample(idx.training_size))
         idx.add(chunk)
     if idx is None or len(idx) == 0 or len(example_vectors) == 0:
         empty = np.zeros(0, np.int64)
@@ -376,13 +382,18 @@ def _score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Seque
 
     queries = post(cache.get([e.sha256 for e in examples]))
     chunks = (post(c) for c in cache.iter_chunks(vec_keys))
+
+    def train_sample(n: int) -> np.ndarray:
+        return post(cache.get([vec_keys[i] for i in even_sample(len(vec_keys), n)]))
+
     if score == "cosine":
         ex, fr, cos = search_pairs(chunks, queries, top_k=top_k, min_score=min_score, index=index,
-                                   n_frames=len(keys))
+                                   n_frames=len(keys), train_sample=train_sample)
         return _Scored(ex, fr, cos, cos, np.full(len(ex), -1, np.int32), summary)
 
     k = max(top_k or 0, candidates)
-    ex, fr, cos = search_pairs(chunks, queries, top_k=k, min_score=None, index=index, n_frames=len(keys))
+    ex, fr, cos = search_pairs(chunks, queries, top_k=k, min_score=None, index=index, n_frames=len(keys),
+                               train_sample=train_sample)
     n = len(examples)
     if len(ex) == 0:
         empty = np.zeros(0, np.int64)

@@ -234,3 +234,22 @@ def _micro_ap(pairs: pd.DataFrame, truth: pd.DataFrame, weights: np.ndarray | No
     tp = np.cumsum(weight * p["correct"].to_numpy())
     seen = np.cumsum(weight)
     return float((tp / seen * weight * p["correct"].to_numpy()).sum() / n_pos)
+
+
+def test_ivf_index_trains_on_a_sample_of_the_whole_collection() -> None:
+    # Two well separated halves, streamed in order: an IVF index must ask for a sample of the whole
+    # collection (50 vectors per list) before the first chunk, not train on that chunk alone.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 32))
+    data = np.concatenate([centres[i] + 0.05 * rng.normal(size=(400, 32)) for i in (0, 1)]).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    asked = []
+
+    def sample(n: int) -> np.ndarray:
+        asked.append(n)
+        return data[np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)]
+
+    ex, fr, _ = search_pairs([data[:400], data[400:]], data[[10, 700]], top_k=1, min_score=None,
+                             index="IVF4,Flat|nprobe=1", n_frames=800, train_sample=sample)
+    assert asked == [200]  # 50 per list
+    assert fr.tolist() == [10, 700]
