@@ -125,7 +125,8 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
 @click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
               help="Keep only pairs scoring at least this (a probability with the default --score).")
 @click.option("--index", "index_factory", default="auto", show_default=True,
-              help="FAISS index factory string (Flat, HNSW32, IVF4096,Flat); auto picks by size.")
+              help="FAISS index factory string (Flat, HNSW32, IVF4096,Flat), search parameters after '|' "
+                   "(IVF1024,SQ8|nprobe=128); auto: Flat below 1M frames, IVF above.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder for pairs and report [default: reports/<date-time>].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_frame, write_avi
 
+from framesim.keyframes import KeyframeReader
 from framesim.video import VIDEO_EXTENSIONS, TimestampRepair, VideoError, VideoReader, find_videos
 
 
@@ -92,15 +93,18 @@ def test_reader_iterates_once(make_video: Callable[..., Path]) -> None:
             iter(video)
 
 
+@pytest.mark.parametrize("reader", [VideoReader, KeyframeReader])
 @pytest.mark.parametrize(("content", "reason"), [
     (b"", "empty file"),
     (bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8)), "cannot open as a video"),
 ])
-def test_unreadable_files_raise_one_line_video_error(tmp_path: Path, content: bytes, reason: str) -> None:
+def test_unreadable_files_raise_one_line_video_error(tmp_path: Path, content: bytes, reason: str,
+                                                     reader: type) -> None:
+    # Both decoders (OpenCV for sampling, PyAV for --keyframes) refuse the same way.
     path = tmp_path / "bad.mp4"
     path.write_bytes(content)
     with pytest.raises(VideoError) as info:
-        VideoReader(path)
+        reader(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and reason in message and "\n" not in message
 
