@@ -111,6 +111,20 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
     return out
 
 
+# Options that match and evaluate share (evaluate runs match).
+runtime_option = click.option("--runtime", type=click.Choice(["auto", "tensorflow", "onnxruntime", "openvino"]),
+                              default="auto", show_default=True,
+                              help="What runs the CNN: auto takes ONNX Runtime or OpenVINO when installed and its "
+                                   "outputs match TensorFlow's (1.5x or more faster on CPU), else TensorFlow.")
+dedupe_option = click.option("--dedupe", type=click.FloatRange(0, 1), default=None,
+                             help="Consecutive frames whose 16x16 thumbnails differ by less than this (mean, 0..1) "
+                                  "share one CNN vector; 0 embeds every frame [default: 0.002, sensor noise only].")
+
+
+def _dedupe_kwargs(dedupe: float | None) -> dict[str, float]:
+    return {} if dedupe is None else {"dedupe": dedupe}
+
+
 @cli.command()
 @click.argument("examples", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-d", "--dataset", default="dataset", show_default=True,
@@ -140,13 +154,8 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
               help="Best frames per example re-scored by --score verified/normalized.")
 @click.option("--ground-truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with example,video,timestamp_s: marks each pair correct or not (within 1 s).")
-@click.option("--runtime", type=click.Choice(["auto", "tensorflow", "onnxruntime", "openvino"]), default="auto",
-              show_default=True,
-              help="What runs the CNN: auto takes ONNX Runtime or OpenVINO when installed and its outputs match "
-                   "TensorFlow's (about 2x faster), else TensorFlow.")
-@click.option("--dedupe", type=click.FloatRange(0, 1), default=None,
-              help="Consecutive frames whose 16x16 thumbnails differ by less than this (mean, 0..1) share one CNN "
-                   "vector; 0 embeds every frame [default: 0.002, sensor noise only].")
+@runtime_option
+@dedupe_option
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
@@ -168,7 +177,7 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
                            min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
                            out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
                            ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates,
-                           runtime=runtime, **({} if dedupe is None else {"dedupe": dedupe}))
+                           runtime=runtime, **_dedupe_kwargs(dedupe))
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
         _fatal(str(exc))
         return
@@ -234,12 +243,15 @@ def report(run_dir: Path, out: Path | None) -> None:
               help="Weights file for the backbone (NAME=FILE with several; FILE=none for random weights).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Evaluation folder [default: reports/eval-<date-time>].")
+@runtime_option
+@dedupe_option
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
              distractor_share: float | None, distractors: Path | None, edits: str | None, from_frames: bool,
              seed: int, top_k: int,
-             weights: tuple[str, ...], out: Path | None, no_report: bool, quiet: bool) -> None:
+             weights: tuple[str, ...], out: Path | None, runtime: str, dedupe: float | None, no_report: bool,
+             quiet: bool) -> None:
     """Score backbones on a copy-detection benchmark built from DATASET's own videos.
 
     Frames are cut from the videos and edited the way re-uploads are (crops, re-encoding, captions,
@@ -262,7 +274,8 @@ def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
         return run_evaluate(dataset, list(backbones), out_dir=out, n_examples=n_examples, distractor_share=share,
                             distractors=distractors, seed=seed, top_k=top_k, edits=edit_names,
                             from_video=not from_frames, progress=not quiet,
-                            weights=_parse_weights(weights, backbones), report=not no_report, on_error=_error)
+                            weights=_parse_weights(weights, backbones), report=not no_report, on_error=_error,
+                            runtime=runtime, **_dedupe_kwargs(dedupe))
 
     try:
         try:
