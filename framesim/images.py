@@ -62,6 +62,21 @@ def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def declared_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) that a JPEG, PNG, GIF or BMP header declares, read without decoding; None for
+    other formats or a header that cannot be read. Lets a decompression bomb be refused before any
+    pixel memory is allocated."""
+    head = bytes(data[:32]) if isinstance(data, bytes) else np.asarray(data, np.uint8)[:32].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if head[:2] == b"BM" and len(head) >= 26:
+        return (abs(int.from_bytes(head[18:22], "little", signed=True)),
+                abs(int.from_bytes(head[22:26], "little", signed=True)))
+    return jpeg_size(data)
+
+
 def load_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.ndarray:
     """Load an image file as RGB uint8, or raise ImageError naming the file and the reason.
 
@@ -76,10 +91,14 @@ def load_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{path}: declares {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
+                         "(refused before decoding)")
     if path.suffix.lower() == ".gif":
         return _load_gif_first_frame(path)
     flag = cv2.IMREAD_COLOR
-    if min_side is not None and (size := jpeg_size(data)) is not None:
+    if min_side is not None and size is not None and jpeg_size(data) is not None:
         flag = next((f for k, f in _JPEG_REDUCED if min(size) // k >= min_side), flag)
     bgr = cv2.imdecode(data, flag)
     if bgr is None:
