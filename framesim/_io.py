@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
 
     On any exception the temporary file is removed and ``path`` keeps its previous content.
+    ``fsync=False``: the caller makes the file durable later (extract fsyncs a chunk's frames together).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +33,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         # mkstemp creates 0600 whatever the umask; give the file the mode a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
@@ -64,14 +66,14 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file for writing that replaces ``path`` only when the block succeeds."""
-    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+    with atomic_path(path, fsync) as tmp, open(tmp, mode) as fh:
         yield fh
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
+def write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> None:
+    with atomic_open(path, "wb", fsync) as fh:
         fh.write(data)
 
 

@@ -51,7 +51,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import unicodedata
@@ -443,20 +442,10 @@ class _WriteSkipped(Exception):
     """A kept frame not written because an earlier write failed."""
 
 
-def _write_frame_file(path: Path, data: bytes, mode: int) -> None:
-    """Write an image atomically (temp + rename) but without fsync: ``_FrameWriter.sync`` makes a
-    chunk's images durable in one go before its rows are committed. Temp files a killed run leaves
-    (``.<name>.*.tmp``) are removed by the next run."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _write_frame_file(path: Path, data: bytes) -> None:
+    """Write an image atomically but without fsync: ``_FrameWriter.sync`` makes a chunk's images
+    durable in one go before its rows are committed."""
+    _io.write_bytes(path, data, fsync=False)
 
 
 def _fsync_path(path: Path) -> None:
@@ -477,9 +466,7 @@ class _FrameWriter:
     instead of ~120-250 ms), then their folders. The extractor commits a chunk's rows only after
     ``sync``, so the manifest never names an image that is not durably on disk.
 
-    Images are not written with ``_io`` helpers: those fsync every file, and they read the process
-    umask by setting it, which two threads must not do at once; the file mode is worked out once
-    here instead. After a write fails, queued frames are skipped, and ``check()`` (called by every
+    After a write fails, queued frames are skipped, and ``check()`` (called by every
     ``submit``) raises the first error in the caller's thread. A frame whose pixels cannot be had
     (``VideoError`` from a deferred conversion) fails only its own future: that is the video's
     problem, not the writer's.
@@ -489,9 +476,6 @@ class _FrameWriter:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="framesim-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="framesim-fsync")
         self._slots = threading.Semaphore(backlog)
-        umask = os.umask(0o022)  # read it (no other thread of ours runs yet) and put it back
-        os.umask(umask)
-        self._mode = 0o666 & ~umask  # what a plain open() would give
         self.error: BaseException | None = None
 
     def submit(self, path: Path, pixels: Callable[[], np.ndarray]) -> Future[tuple[str, int, int]]:
@@ -530,7 +514,7 @@ class _FrameWriter:
             if not ok:
                 raise ImageError(f"{path}: cannot encode as {path.suffix}")
             sha256 = pixel_sha256(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            _write_frame_file(path, buf.tobytes(), self._mode)
+            _write_frame_file(path, buf.tobytes())
             if _test_hook is not None:
                 _test_hook("frame_saved")
         except BaseException as exc:

@@ -98,7 +98,7 @@ def load_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.
     if path.suffix.lower() == ".gif":
         return _load_gif_first_frame(path)
     flag = cv2.IMREAD_COLOR
-    if min_side is not None and size is not None and jpeg_size(data) is not None:
+    if min_side is not None and size is not None and data[0] == 0xFF and data[1] == 0xD8:  # a JPEG
         flag = next((f for k, f in _JPEG_REDUCED if min(size) // k >= min_side), flag)
     bgr = cv2.imdecode(data, flag)
     if bgr is None:

@@ -239,8 +239,7 @@ def match(
         for f in failed_examples:
             fail(f["reason"])
         frames_by_key = manifest.drop_duplicates("sha256")
-        vector_key = _dedupe(ds, manifest, frames_by_key, dedupe, workers)
-        to_embed = vector_key.representatives
+        runs = _dedupe(ds, manifest, frames_by_key, dedupe, workers)
         tables, backbone_runs = [], []
         for spec in backbones:
             if isinstance(spec, Backbone):
@@ -251,7 +250,7 @@ def match(
                 if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
                     backbone.name = f"{backbone.name}@{suffix}"
             cache = EmbeddingCache(ds.root / "embeddings", backbone)
-            frame_stats = embed_missing(backbone, cache, to_embed,
+            frame_stats = embed_missing(backbone, cache, runs.representatives,
                                         _frame_loader(ds, frames_by_key, backbone.input_size),
                                         batch_size=batch_size, progress=progress, desc="frames")
             example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
@@ -260,13 +259,13 @@ def match(
             for msg in frame_stats.failures + example_stats.failures:
                 fail(msg)
             # Frames whose image could not be read are left out of the index, not fatal.
-            has_vector = [vector_key.vector_key.get(k, k) in cache for k in manifest["sha256"]]
+            has_vector = [runs.vector_key[k] in cache for k in manifest["sha256"]]
             usable = manifest[has_vector].reset_index(drop=True)
             usable_examples = [e for e in example_list if e.sha256 in cache]
             t0 = time.perf_counter()
             scored = _score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
                                      index=index, score=b_score, whiten=b_whiten, candidates=candidates,
-                                     workers=workers, fail=fail, vector_key=vector_key.vector_key)
+                                     workers=workers, fail=fail, vector_key=runs.vector_key)
             search_seconds = time.perf_counter() - t0
             tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
             backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
@@ -290,7 +289,7 @@ def match(
         "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
         # The run's defaults; each backbone's entry has its own (a spec's "@..." overrides them).
         "postprocess": postprocess_settings(score, whiten, candidates),
-        "dedupe": vector_key.summary(),
+        "dedupe": runs.summary(),
         "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": truth_info,
     }
     result = MatchResult(pairs=pairs, run=run, failures=failures)

@@ -366,13 +366,13 @@ def test_failed_image_write_ends_the_run_and_the_manifest_names_only_written_ima
     images_written = 0
     count_lock = threading.Lock()  # two writer threads
 
-    def disk_fills_up(path: Path, data: bytes, mode: int) -> None:
+    def disk_fills_up(path: Path, data: bytes) -> None:
         nonlocal images_written
         with count_lock:
             if images_written == 7:
                 raise OSError(errno.ENOSPC, "No space left on device")
             images_written += 1
-        real_write(path, data, mode)
+        real_write(path, data)
 
     monkeypatch.setattr(dataset_mod, "_write_frame_file", disk_fills_up)
     root = tmp_path / "ds"

@@ -1,6 +1,7 @@
 """Inference runtimes for the Keras backbones: TensorFlow (the reference) or the same network exported
-to ONNX and run by ONNX Runtime or OpenVINO, about twice as fast on CPU for EfficientNet-Lite0 with the
-same outputs (``python -m bench backbones``).
+to ONNX and run by ONNX Runtime or OpenVINO, with the same outputs: for EfficientNet-Lite0 on a 2-core
+CPU, ONNX Runtime gave 1.6x TensorFlow's images/s at TensorFlow's best batch size (``python -m bench
+backbones``).
 
 Route: Keras' own ONNX export (``model.export(format="onnx")``, which drives tf2onnx) writes one file per
 network; ONNX Runtime runs it, and so does OpenVINO through its ONNX reader (OpenVINO's direct conversion
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from framesim.backbones.base import BackboneError
+from framesim.backbones.base import BackboneError, l2_normalize
 from framesim.backbones.pooling import POOLINGS, Descriptor
 
 log = logging.getLogger(__name__)
@@ -255,13 +256,9 @@ def embedding_difference(reference_maps: np.ndarray, maps: np.ndarray) -> float:
         return float("inf")
     worst = 0.0
     for pooling in POOLINGS:
-        a, b = (_normalise(Descriptor(pooling).pool(m)) for m in (reference_maps, maps))
+        a, b = (l2_normalize(Descriptor(pooling).pool(m)) for m in (reference_maps, maps))
         worst = max(worst, float(np.abs(a - b).max(initial=0.0)))
     return worst if np.isfinite(maps).all() else float("inf")
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _verify(runner: ConvertedRunner, reference: TensorFlowRunner, check_batches: Sequence[np.ndarray]
