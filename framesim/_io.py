@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -39,10 +41,26 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[Pa
         # mkstemp creates 0600 whatever the umask; give the file the mode a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, tmp, tmp_path):
+            # Name the file the user asked for, not our temp file (which is gone): "<path>: No space
+            # left on device" is what the CLI prints. OSError(errno, ...) keeps the subclass (ENOENT ...).
+            raise OSError(exc.errno, _strerror(exc), str(path)) from exc
         raise
+
+
+def _strerror(exc: OSError) -> str:
+    """The reason of an OSError without our wrapping: pyarrow says "Error writing bytes to file.
+    Detail: [errno 28] No space left on device"; a short write without errno says what it can."""
+    text = exc.strerror or str(exc)
+    detail = re.search(r"\[errno \d+\] (.+)$", text)
+    if detail:
+        return detail.group(1)
+    if exc.errno is not None and not exc.strerror:
+        return os.strerror(exc.errno)
+    return text
 
 
 _UMASK_LOCK = threading.Lock()
@@ -72,7 +90,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = Tr
         yield fh
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview, fsync: bool = True) -> None:
     with atomic_open(path, "wb", fsync) as fh:
         fh.write(data)
 
@@ -82,19 +100,36 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    with atomic_open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+    # Serialised in memory first: np.save into a file writes with tofile(), whose short write on a
+    # full disk is an OSError without errno ("N requested and M written").
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_bytes(path, buf.getbuffer())
 
 
 def write_table(df: pd.DataFrame, parquet: str | os.PathLike[str] | None = None,
                 csv: str | os.PathLike[str] | None = None) -> None:
-    """Write a DataFrame as Parquet and/or CSV, each atomically."""
-    if parquet is not None:
-        with atomic_path(parquet) as tmp:
-            df.to_parquet(tmp, index=False)
-    if csv is not None:
-        with atomic_path(csv) as tmp:
-            df.to_csv(tmp, index=False)
+    """Write a DataFrame as Parquet and/or CSV, each atomically, and both or neither: both temp files
+    are complete before either is renamed, so a full disk cannot leave a new Parquet beside an old CSV."""
+    with contextlib.ExitStack() as stack:
+        if parquet is not None:
+            df.to_parquet(stack.enter_context(atomic_path(parquet)), index=False)
+        if csv is not None:
+            df.to_csv(stack.enter_context(atomic_path(csv)), index=False)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the renames in a folder durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

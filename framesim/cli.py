@@ -6,6 +6,8 @@ failure printed on one line); 2 bad usage or nothing could be done.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +28,36 @@ def _fatal(msg: str) -> None:
     sys.exit(EXIT_FATAL)
 
 
+#: errors that mean "the disk (or the process's file size limit) is full": say what to do
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: "<file>: <reason>" (not Python's "[Errno 28] ...: '<file>'")."""
+    reason = exc.strerror or str(exc)
+    reason = reason[:1].lower() + reason[1:]
+    line = f"{exc.filename}: {reason}" if exc.filename is not None else reason
+    if exc.errno in _FULL:
+        line += " (free some space and run again: what was complete is kept, the run resumes)"
+    return line
+
+
+def _fatal_error(exc: Exception) -> None:
+    """Exit with one line for an error that ends a command (never a traceback)."""
+    _fatal(_os_error(exc) if isinstance(exc, OSError) else str(exc))
+
+
+class _FloatRange(click.FloatRange):
+    """click.FloatRange that also refuses NaN (every comparison with NaN is false, so FloatRange lets it
+    through, and e.g. --min-score nan would silently keep no pair)."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return out
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="framesim")
 def cli() -> None:
@@ -43,18 +75,18 @@ def cli() -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--dataset", default="dataset", show_default=True, type=click.Path(path_type=Path),
               help="Frame dataset folder (created if missing, extended if it exists).")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--fps", type=_FloatRange(min=0, min_open=True), default=None,
               help="Keep this many frames per second of video [default: 1]; with --keyframes: keep a keyframe "
                    "only if it is at least 1/FPS s after the last one kept.")
 @click.option("--every", type=click.IntRange(min=1), default=None, help="Keep every Nth decoded frame.")
 @click.option("--scene", is_flag=True, help="Keep a frame whenever the picture changes (scene cuts).")
-@click.option("--scene-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--scene-threshold", type=_FloatRange(0, 1), default=None,
               help="How much the picture must change for --scene (0..1).")
 @click.option("--keyframes", is_flag=True,
               help="Decode only keyframes (~100x real time on 720p): frames at the encoder's keyframe times "
                    "(often every 1-10 s), not at exact steps; every keyframe unless --fps is given.")
-@click.option("--start", type=click.FloatRange(min=0), default=None, help="Start time in seconds.")
-@click.option("--end", type=click.FloatRange(min=0), default=None, help="End time in seconds.")
+@click.option("--start", type=_FloatRange(min=0), default=None, help="Start time in seconds.")
+@click.option("--end", type=_FloatRange(min=0), default=None, help="End time in seconds.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="At most this many frames per video.")
 @click.option("--format", "image_format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
               help="Image format of the stored frames.")
@@ -83,16 +115,18 @@ def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: i
             start=start, end=end, max_frames=max_frames,
             image_format=image_format, progress=not quiet, on_error=_error)
     except (DatasetLockedError, ValueError, OSError) as exc:
-        _fatal(str(exc))
+        _fatal_error(exc)
         return
     if not summary.videos_done and not summary.failures:
         _fatal(f"no video files found in {', '.join(map(str, inputs))}")
+    done = len(summary.videos_done)
     click.echo(f"{summary.frames_added} frames added ({summary.frames_existing} already in the dataset) "
-               f"from {len(summary.videos_done)} videos in {summary.seconds:.1f} s -> {dataset}")
+               f"from {done} video{'' if done == 1 else 's'} in {summary.seconds:.1f} s -> {dataset}")
     for video, note in summary.notes:
         click.echo(f"note: {video}: {note}", err=True)
     if summary.failures:
-        click.echo(f"{len(summary.failures)} videos failed:", err=True)
+        n = len(summary.failures)
+        click.echo(f"{n} video{'' if n == 1 else 's'} failed:", err=True)
         for video, reason in summary.failures:
             click.echo(f"  {video}: {reason}", err=True)
         sys.exit(EXIT_PARTIAL)
@@ -100,13 +134,22 @@ def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: i
 
 def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[str, str | None]:
     """``--weights FILE`` (single backbone) or ``--weights NAME=FILE``; ``none`` = random weights."""
+    from framesim.backbones.base import split_spec
+
+    # the keys matching._weights_for looks up: the spec as given, without "@...", and its bare name
+    known = {key for b in backbones for key in (b, b.partition("@")[0], split_spec(b.partition("@")[0])[0])}
     out: dict[str, str | None] = {}
     for value in values:
         name, sep, spec = value.partition("=")
+        if sep and name not in known and len(backbones) == 1 and os.path.exists(value):
+            sep = ""  # a single backbone's weights file whose name holds "="
         if not sep:
             if len(backbones) != 1:
                 raise click.UsageError("with several backbones, give --weights NAME=FILE")
             name, spec = backbones[0], value
+        elif name not in known:  # a typo would otherwise leave that backbone on its default weights
+            raise click.UsageError(f"--weights {value}: {name!r} is not one of the chosen backbones "
+                                   f"({', '.join(backbones)})")
         out[name] = None if spec.lower() == "none" else spec
     return out
 
@@ -116,7 +159,7 @@ runtime_option = click.option("--runtime", type=click.Choice(["auto", "tensorflo
                               default="auto", show_default=True,
                               help="What runs the CNN: auto takes ONNX Runtime or OpenVINO when installed and its "
                                    "outputs match TensorFlow's (1.5x or more faster on CPU), else TensorFlow.")
-dedupe_option = click.option("--dedupe", type=click.FloatRange(0, 1), default=None,
+dedupe_option = click.option("--dedupe", type=_FloatRange(0, 1), default=None,
                              help="Consecutive frames whose 16x16 thumbnails differ by less than this (mean, 0..1) "
                                   "share one CNN vector; 0 embeds every frame [default: 0.002, sensor noise only].")
 
@@ -136,7 +179,7 @@ def _dedupe_kwargs(dedupe: float | None) -> dict[str, float]:
               help="Weights file for the backbone (NAME=FILE with several; FILE=none for random weights).")
 @click.option("-k", "--top-k", type=click.IntRange(min=0), default=10, show_default=True,
               help="Frames kept per example and backbone (0 = no limit, needs --min-score).")
-@click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
+@click.option("--min-score", type=_FloatRange(-1, 1), default=None,
               help="Keep only pairs scoring at least this (a probability with the default --score).")
 @click.option("--index", "index_factory", default="auto", show_default=True,
               help="FAISS index factory string (Flat, HNSW32, IVF4096,Flat), search parameters after '|' "
@@ -179,7 +222,7 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
                            ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates,
                            runtime=runtime, **_dedupe_kwargs(dedupe))
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
-        _fatal(str(exc))
+        _fatal_error(exc)
         return
     run = result.run
     for b in run["backbones"]:
@@ -197,7 +240,10 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
     if not no_report:
         from framesim.report import write_report
 
-        click.echo(f"report: {write_report(out)}")
+        try:
+            click.echo(f"report: {write_report(out)}")
+        except OSError as exc:  # the pairs are written; only the report is missing
+            _fatal_error(exc)
     if result.failures:
         sys.exit(EXIT_PARTIAL)
 
@@ -208,11 +254,15 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
               help="HTML file to write [default: RUN_DIR/report.html].")
 def report(run_dir: Path, out: Path | None) -> None:
     """Rebuild the HTML comparison report of a match run."""
+    from framesim.matching import recover_run
     from framesim.report import write_report
 
     try:
+        recover_run(run_dir)  # a match killed while writing its files: finish or undo that first
         click.echo(write_report(run_dir, out))
-    except (OSError, ValueError, KeyError) as exc:
+    except OSError as exc:
+        _fatal_error(exc)
+    except (ValueError, KeyError) as exc:
         _fatal(f"{run_dir}: cannot build the report: {exc}")
 
 
@@ -223,7 +273,7 @@ def report(run_dir: Path, out: Path | None) -> None:
                    "phash (64-bit perceptual hash) and tiny-image are baselines.")
 @click.option("-n", "--examples", "n_examples", type=click.IntRange(min=1), default=150, show_default=True,
               help="Benchmark size, distractors included.")
-@click.option("--distractor-share", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--distractor-share", type=_FloatRange(0, 1, max_open=True), default=None,
               help="Share of the examples that come from no indexed video [default: 1/3; 0 for a single-video "
                    "dataset without --distractors].")
 @click.option("--distractors", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -289,7 +339,7 @@ def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
                        "video) to add some", err=True)
             result = run(0.0)
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
-        _fatal(str(exc))
+        _fatal_error(exc)
         return
     info = result.benchmark.info
     source = {"folder": f"images of {info.get('distractor_folder')}",

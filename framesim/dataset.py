@@ -110,6 +110,16 @@ class DatasetLockedError(RuntimeError):
     """Another run (process or thread) is using the dataset."""
 
 
+class DataFileError(ValueError):
+    """A file framesim reads (manifest, pairs, ground truth) is unreadable or breaks its contract.
+
+    The message is one line and starts with the file's path; the CLI prints it and exits 2."""
+
+
+#: the manifest's text columns (``video_id`` may be absent from old datasets: filled with "")
+_STR_COLUMNS = ("frame_id", "video", "path", "sha256", "video_id")
+
+
 # -- locking ----------------------------------------------------------------------------------------
 # flock locks belong to an open file description, so a second lock() in the same process would
 # conflict with the first. Nested use by the same thread (the CLI locking around extract(), which
@@ -172,10 +182,13 @@ class FrameDataset:
 
     def manifest(self) -> pd.DataFrame:
         """All frames: MANIFEST_COLUMNS then EXTRA_COLUMNS, one row per frame_id, ordered by video
-        (first added first) then frame_index. Empty (with the columns) if nothing was extracted."""
-        parts = [pd.read_parquet(self.manifest_path)] if self.manifest_path.exists() else []
-        parts += [pd.read_parquet(p) for p in self._pending_chunks()]
-        parts = [p for p in parts if len(p)]
+        (first added first) then frame_index. Empty (with the columns) if nothing was extracted.
+
+        Raises DataFileError naming the file if manifest.parquet or a pending chunk is unreadable or
+        breaks the contract (missing columns, values of the wrong type).
+        """
+        files = ([self.manifest_path] if self.manifest_path.exists() else []) + self._pending_chunks()
+        parts = [p for p in (_read_manifest_part(f) for f in files) if len(p)]
         if not parts:
             return self.empty_manifest()
         return _normalise(pd.concat(parts, ignore_index=True))
@@ -290,6 +303,61 @@ class FrameDataset:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {_now()}\n".encode(), 0)
         return fd
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _read_manifest_part(path: Path) -> pd.DataFrame:
+    """One manifest file (manifest.parquet or a pending chunk), checked against the contract and with
+    the documented dtypes; DataFileError naming the file otherwise (never a bare pyarrow/pandas error)."""
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow and the file system each raise their own kinds
+        raise DataFileError(f"{path}: not a readable manifest ({_one_line(exc)}); "
+                            "restore it or extract into a new dataset") from exc
+    try:
+        return _check_manifest_part(df, path)
+    except DataFileError:
+        raise
+    except Exception as exc:  # pyarrow decodes lazily: a damaged string column fails only when used
+        raise DataFileError(f"{path}: damaged manifest ({_one_line(exc)}); "
+                            "restore it or extract into a new dataset") from exc
+
+
+def _check_manifest_part(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    if not len(df):
+        return df
+    if not df.columns.is_unique:
+        raise DataFileError(f"{path}: manifest has duplicate column names")
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataFileError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    df = df.copy()
+    if "video_id" not in df.columns:
+        df["video_id"] = ""
+    for c in _STR_COLUMNS:
+        # Text columns: strings only (a missing value would become the text "None" or "nan" downstream).
+        if not all(isinstance(v, str) for v in df[c].tolist()):
+            raise DataFileError(f"{path}: manifest column {c} must hold text in every row")
+    for c in (*_INT_COLUMNS, "timestamp_s"):
+        try:
+            values = pd.to_numeric(df[c], errors="coerce").astype("float64").to_numpy()
+        except (TypeError, ValueError, OverflowError):
+            values = np.full(len(df), np.nan)
+        # int64 columns must be whole numbers that int64 holds; timestamps finite (the extraction repairs them)
+        bad = ~np.isfinite(values)
+        if c != "timestamp_s":
+            bad |= (values != np.round(values)) | (np.abs(values) >= 2.0**63) | (values < 0)
+            if not bad.any() and df[c].dtype.kind in "iu":
+                values = df[c].to_numpy()  # exact, not through float64 (frame indices above 2**53)
+        if bad.any():
+            raise DataFileError(f"{path}: manifest column {c} has {int(bad.sum())} value(s) that are not "
+                                f"{'whole numbers >= 0' if c != 'timestamp_s' else 'finite numbers'}")
+        df[c] = values.astype("float64" if c == "timestamp_s" else "int64")
+    return df
 
 
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,10 @@ from framesim.backbones.base import Backbone
 FORMAT = "framesim-embeddings"
 VERSION = 1
 STORE_DTYPE = np.float16  # halves disk and memory; cosine scores change by < 1e-3
+#: a shard is written every this many new vectors ... (read when a cache is made: tests lower them)
+FLUSH_EVERY = 1024
+#: ... or this many seconds, whichever comes first
+FLUSH_SECONDS = 30.0
 
 
 def weights_tag(backbone: Backbone) -> str:
@@ -67,17 +71,23 @@ def cache_dir(root: str | Path, backbone: Backbone) -> Path:
     return Path(root).joinpath(*parts, weights_tag(backbone))
 
 
+def _shard_number(name: str) -> int | None:
+    """The number in ``shard-<n>.json`` / ``shard-<n>.keys.npy`` / ``.vecs.npy``; None for any other name."""
+    m = re.fullmatch(r"shard-(\d{1,9})\.(json|keys\.npy|vecs\.npy)", name)
+    return int(m.group(1)) if m else None
+
+
 class EmbeddingCache:
     """Append-only store of vectors by key for one backbone spec and weights."""
 
-    def __init__(self, root: str | Path, backbone: Backbone, flush_every: int = 1024,
-                 flush_seconds: float = 30.0) -> None:
+    def __init__(self, root: str | Path, backbone: Backbone, flush_every: int | None = None,
+                 flush_seconds: float | None = None) -> None:
         self.backbone = backbone
         self.dim = backbone.dim
         self.dir = cache_dir(root, backbone)
-        self.flush_every = flush_every
+        self.flush_every = FLUSH_EVERY if flush_every is None else flush_every
         # Slow backbones (VGG16: a few images/s) would otherwise risk minutes of work per interrupt.
-        self.flush_seconds = flush_seconds
+        self.flush_seconds = FLUSH_SECONDS if flush_seconds is None else flush_seconds
         self._last_flush = time.monotonic()
         self._pending_keys: list[str] = []
         self._pending_vecs: list[np.ndarray] = []
@@ -99,23 +109,27 @@ class EmbeddingCache:
         except (OSError, ValueError):
             found = None
         if found != header:
-            if found is not None:
-                print(f"warning: {self.dir}: embedding cache is from another format/backbone/dim; rebuilding",
-                      file=sys.stderr)
+            if found is not None or header_path.exists():  # (a damaged header.json reads as None)
+                print(f"warning: {self.dir}: embedding cache is unreadable or from another format/backbone/dim; "
+                      "rebuilding", file=sys.stderr)
             for stale in self.dir.glob("shard-*"):
                 stale.unlink()
             write_json(header_path, header)
         for sidecar in sorted(self.dir.glob("shard-*.json")):
-            number = int(sidecar.name.split("-")[1].split(".")[0])
-            if not self._load_shard(number, sidecar):
+            number = _shard_number(sidecar.name)
+            if number is None or not self._load_shard(number, sidecar):
                 print(f"warning: {sidecar.with_suffix('')}: damaged embedding shard ignored and removed",
                       file=sys.stderr)
-                for f in self._shard_files(number):
+                for f in self._shard_files(number) if number is not None else (sidecar,):
                     f.unlink(missing_ok=True)
         # Shards whose sidecar never got written are leftovers of an interrupted run.
         for f in self.dir.glob("shard-*.npy"):
-            if int(f.name.split("-")[1].split(".")[0]) not in self._shards:
+            if _shard_number(f.name) not in self._shards:
                 f.unlink(missing_ok=True)
+        # So are temp files of atomic writes killed mid-way (like the orphans above, removed on the
+        # assumption, true under match's dataset lock, that no other process writes this cache now).
+        for f in [*self.dir.glob(".shard-*.tmp"), *self.dir.glob(".header.json.*.tmp")]:
+            f.unlink(missing_ok=True)
 
     def _shard_files(self, number: int) -> tuple[Path, Path, Path]:
         stem = self.dir / f"shard-{number:06d}"
@@ -130,7 +144,7 @@ class EmbeddingCache:
                 return False
             keys = np.load(keys_path, allow_pickle=False)
             vecs = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (a sidecar that is not an object)
             return False
         if vecs.shape != (len(keys), self.dim) or len(keys) != meta.get("count"):
             return False
@@ -186,10 +200,17 @@ class EmbeddingCache:
         keys_path, vecs_path, sidecar = self._shard_files(number)
         keys = np.array([k.encode() for k in self._pending_keys])  # S<longest>: never truncates
         vecs = np.concatenate(self._pending_vecs)
-        write_npy(keys_path, keys)
-        write_npy(vecs_path, vecs)
-        write_json(sidecar, {"count": len(keys), "dim": self.dim, "keys_sha256": sha256_file(keys_path),
-                             "vecs_sha256": sha256_file(vecs_path)})
+        try:
+            write_npy(keys_path, keys)
+            write_npy(vecs_path, vecs)
+            write_json(sidecar, {"count": len(keys), "dim": self.dim, "keys_sha256": sha256_file(keys_path),
+                                 "vecs_sha256": sha256_file(vecs_path)})
+        except BaseException:
+            # A full disk or Ctrl-C mid-shard: leave no half shard behind (the sidecar, written last,
+            # is what makes a shard count, so removing it first keeps a crash here harmless too).
+            for f in (sidecar, keys_path, vecs_path):
+                f.unlink(missing_ok=True)
+            raise
         self._shards[number] = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
         for row, key in enumerate(self._pending_keys):
             self._where[key] = (number, row)

@@ -113,8 +113,18 @@ class FaissIndex(Index):
         return 50 * int(ivf.nlist) if ivf is not None else TRAIN_DEFAULT
 
     def train(self, vectors: np.ndarray) -> None:
-        """Train on a sample spread over the whole collection (its first videos alone would bias the lists)."""
-        self._index.train(_as_f32(vectors, self.dim))
+        """Train on a sample spread over the whole collection (its first videos alone would bias the lists).
+
+        ValueError when there are too few vectors for the factory string (k-means needs at least one
+        per IVF list; a product quantiser one per code).
+        """
+        vectors = _as_f32(vectors, self.dim)
+        try:
+            self._index.train(vectors)
+        except RuntimeError as exc:  # FAISS says why in a C++ message several lines long
+            detail = next((line.strip() for line in str(exc).splitlines() if "should be at least" in line), "")
+            raise ValueError(f"index {self.factory!r} cannot be trained on {len(vectors)} vectors"
+                             f"{f' ({detail})' if detail else ''}: use Flat or fewer lists") from exc
 
     def reserve(self, n: int) -> None:
         """Allocate room for ``n`` more vectors in flat storage (Flat, HNSW, scalar quantisers).

@@ -44,7 +44,7 @@ import av
 import cv2
 import numpy as np
 
-from framesim.video import COMPLETE_FRACTION, VideoError, check_video_file
+from framesim.video import COMPLETE_FRACTION, VideoError, check_video_file, unopenable_reason
 
 #: decode order runs at most this many packets ahead of presentation order (H.264/HEVC allow 16)
 _REORDER_PACKETS = 16
@@ -59,7 +59,7 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc)
 
 
-def _open_container(path: Path) -> tuple[Any, BinaryIO | None]:
+def open_container(path: Path) -> tuple[Any, BinaryIO | None]:
     """(container, the Python file it reads, if one had to be opened)."""
     name = os.path.abspath(path)  # absolute: FFmpeg reads "name:..." as a protocol
     try:
@@ -90,9 +90,9 @@ class KeyframeReader:
         self.path = Path(path)
         check_video_file(self.path)
         try:
-            self._container, self._file = _open_container(self.path)
+            self._container, self._file = open_container(self.path)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise VideoError(path, f"cannot open as a video ({_reason(exc)})") from exc
+            raise VideoError(path, unopenable_reason(self.path)) from exc
         try:
             self._setup()
         except BaseException:
@@ -101,7 +101,7 @@ class KeyframeReader:
 
     def _setup(self) -> None:
         if not self._container.streams.video:
-            raise VideoError(self.path, "no video stream")
+            raise VideoError(self.path, unopenable_reason(self.path))
         stream = self._stream = self._container.streams.video[0]
         ctx = stream.codec_context
         ctx.skip_frame = "NONKEY"

@@ -106,6 +106,79 @@ def check_video_file(path: str | os.PathLike[str]) -> None:
         raise VideoError(path, "permission denied")
 
 
+#: top-level box types that mark an ISO base media file (MP4, MOV, M4V, 3GP) from its first bytes
+_ISO_BMFF_BOXES = frozenset({b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"})
+
+
+def _iso_bmff_problem(path: Path) -> str | None:
+    """What is wrong with an MP4/MOV's top-level boxes, or None (also for other formats).
+
+    The index that says where each frame is (``moov``) usually comes last, so a download or copy that
+    stopped early has frame data but no index and no decoder can use it: say so, instead of FFmpeg's
+    "invalid data". Reads only the box headers.
+    """
+    size = path.stat().st_size
+    seen: set[bytes] = set()
+    with open(path, "rb") as fh:
+        if fh.read(8)[4:8] not in _ISO_BMFF_BOXES:
+            return None
+        pos = 0
+        while pos < size:
+            fh.seek(pos)
+            header = fh.read(16)
+            if len(header) < 8:
+                return f"truncated MP4/MOV: it ends inside a box header at byte {pos:,}"
+            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if box_size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:  # the box runs to the end of the file
+                box_size = size - pos
+            if box_size < 8:
+                return f"corrupt MP4/MOV structure (a box of impossible size at byte {pos})"
+            seen.add(kind)
+            if pos + box_size > size:
+                where = "" if b"moov" in seen else ", before the index (moov box) that locates the frames"
+                return (f"truncated MP4/MOV: it ends inside its {kind.decode('latin-1')!r} box{where}, at {size:,} "
+                        f"of {pos + box_size:,} bytes (an interrupted download or copy?)")
+            pos += box_size
+    if b"moov" not in seen:
+        return "incomplete MP4/MOV: no index (moov box), as a recording that was never finished"
+    return None
+
+
+def unopenable_reason(path: str | os.PathLike[str]) -> str:
+    """Why a decoder could not open ``path``, as precisely as the file allows: truncated MP4/MOV,
+    no video stream (audio only), not a video at all, or a codec the decoder lacks."""
+    path = Path(path)
+    try:
+        problem = _iso_bmff_problem(path)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if problem:
+        return problem
+    import av  # PyAV probes what FFmpeg makes of the file: only here, when OpenCV gave up
+
+    from framesim.keyframes import open_container
+
+    try:
+        container, fh = open_container(path)
+    except av.error.InvalidDataError:
+        return "not a video (FFmpeg recognises no format in it, or the file is corrupt)"
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        return f"cannot open as a video ({getattr(exc, 'strerror', None) or exc})"
+    try:
+        streams = collections.Counter(s.type for s in container.streams)
+        if not container.streams.video:
+            held = ", ".join(f"{n} {kind}" for kind, n in sorted(streams.items())) or "nothing"
+            return f"no video stream (the file holds {held} stream{'s' if sum(streams.values()) != 1 else ''})"
+        codec = container.streams.video[0].codec_context.name
+        return f"cannot open as a video (its {codec} stream: a codec or container variant the decoder lacks?)"
+    finally:
+        container.close()
+        if fh is not None:
+            fh.close()
+
+
 def _open_capture(path: Path) -> cv2.VideoCapture:
     """Open with the FFmpeg backend by absolute path.
 
@@ -126,11 +199,15 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
 class TimestampRepair:
     """Turns the stream's per-frame positions (ms) into strictly increasing timestamps (s).
 
-    A value is taken as is unless it is not finite, negative (first frame), not after the previous
-    timestamp, or an absurd jump ahead (more than 10 000 typical intervals and 600 s, and past the
-    declared duration + 60 s); then it becomes previous + typical interval, where the typical
-    interval is the median of the last 25 genuine intervals (before any: 1 / nominal fps, else
-    1/25 s). Causal (depends only on earlier frames), so a resumed pass repeats it exactly.
+    A value is genuine unless it is not finite, negative (first frame), not after the last genuine
+    value, or an absurd jump ahead (more than 10 000 typical intervals and 600 s, and past the
+    declared duration + 60 s). A value that is not genuine becomes previous + the smaller of the
+    typical interval (median of the last 25 genuine intervals; before any: 1 / nominal fps, else 1/25 s)
+    and the last genuine interval, which follows a change of frame rate at once. A genuine value is
+    taken as is, or just after the previous timestamp while a repaired one ran ahead of the stream:
+    the clock falls back onto the stream's own instead of drifting (a variable-frame-rate H.264 with
+    a repeated pts once pushed every later frame 0.2 s further out). Causal (depends only on earlier
+    frames), so a resumed pass repeats it exactly.
     """
 
     def __init__(self, nominal_fps: float = 0.0, declared_duration: float | None = None) -> None:
@@ -138,10 +215,11 @@ class TimestampRepair:
         self.declared_duration = declared_duration
         self.first: float | None = None
         self.last: float | None = None
-        #: how many values were replaced
+        #: how many values were replaced or moved
         self.repaired = 0
         self._intervals: collections.deque[float] = collections.deque(maxlen=_INTERVAL_HISTORY)
-        self._last_was_repaired = False
+        self._last_genuine: float | None = None  # the stream's last usable value, as it gave it
+        self._last_was_genuine = False
 
     @property
     def typical_interval(self) -> float:
@@ -149,24 +227,32 @@ class TimestampRepair:
             return statistics.median(self._intervals)
         return 1.0 / self.nominal_fps if self.nominal_fps > 0 else 0.04
 
+    def _is_absurd_jump(self, raw: float, since: float) -> bool:
+        # the typical interval (a median) only when needed: this runs for every decoded frame
+        return (raw - since > _ABSURD_JUMP_SECONDS and raw - since > _ABSURD_JUMP_INTERVALS * self.typical_interval
+                # only provably absurd: beyond what the header says the video lasts
+                and self.declared_duration is not None and raw > self.declared_duration + _ABSURD_PAST_DURATION_S)
+
     def __call__(self, raw_ms: float) -> float:
         raw = raw_ms / 1000.0
-        prev = self.last
+        prev, since = self.last, self._last_genuine
+        genuine = math.isfinite(raw) and raw >= 0 and (since is None or (raw > since
+                                                                         and not self._is_absurd_jump(raw, since)))
         if prev is None:
-            ok = math.isfinite(raw) and raw >= 0
-            t = raw if ok else 0.0
+            t = raw if genuine else 0.0
+        elif genuine:
+            t = raw if raw > prev else math.nextafter(prev, math.inf)
         else:
-            ok = math.isfinite(raw) and raw > prev
-            # the typical interval (a median) only when needed: this runs for every decoded frame
-            if (ok and raw - prev > _ABSURD_JUMP_SECONDS
-                    and raw - prev > _ABSURD_JUMP_INTERVALS * self.typical_interval):
-                # only provably absurd: beyond what the header says the video lasts
-                ok = self.declared_duration is None or raw <= self.declared_duration + _ABSURD_PAST_DURATION_S
-            t = raw if ok else prev + self.typical_interval
-            if ok and not self._last_was_repaired:  # learn intervals from genuine pairs only
-                self._intervals.append(raw - prev)
-        self._last_was_repaired = not ok
-        self.repaired += not ok
+            step = self.typical_interval
+            if self._intervals and self._last_was_genuine:
+                step = min(step, self._intervals[-1])
+            t = prev + step
+        if genuine:
+            if self._last_was_genuine and since is not None:  # learn intervals from genuine pairs only
+                self._intervals.append(raw - since)
+            self._last_genuine = raw
+        self._last_was_genuine = genuine
+        self.repaired += t != raw
         if self.first is None:
             self.first = t
         self.last = t
@@ -196,7 +282,7 @@ class VideoReader:
             raise VideoError(path, f"cannot open as a video ({exc})") from exc
         if not self._cap.isOpened():
             self._cap.release()
-            raise VideoError(path, "cannot open as a video (not a video, or an unsupported or corrupt container)")
+            raise VideoError(path, unopenable_reason(path))
 
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -12,6 +14,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = Path(os.environ.get("FRAMESIM_SHARED_MEDIA", REPO.parent / "shared" / "media"))
+FFMPEG = shutil.which("ffmpeg")
+
+
+def without_file_override() -> None:
+    """preexec_fn for a test run as root: drop the capabilities that let root read and search files
+    whatever their mode, so that a chmod 000 file is unreadable to the child as it is to a user.
+
+    From the bounding set: exec gives root every capability left in it, so dropping the effective
+    ones would not outlive the exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def require_ffmpeg() -> str:
+    """The ffmpeg command, which makes test videos OpenCV cannot write (H.264 with a set GOP, VFR, audio,
+    rotation). Without it the test is skipped, or fails where FRAMESIM_REQUIRE_FFMPEG is set (CI)."""
+    if FFMPEG is None:
+        if os.environ.get("FRAMESIM_REQUIRE_FFMPEG"):
+            pytest.fail("the ffmpeg command is missing and FRAMESIM_REQUIRE_FFMPEG is set")
+        pytest.skip("needs the ffmpeg command (with libx264)")
+    return FFMPEG
 
 
 @pytest.fixture(scope="session")

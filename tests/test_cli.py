@@ -73,6 +73,15 @@ def test_usage_errors_exit_2(runner: CliRunner, tmp_path: Path, make_video: Call
     assert runner.invoke(cli, ["match", str(video), "-d", str(tmp_path)]).exit_code == 2  # empty dataset
     res = runner.invoke(cli, ["match", str(video), "-d", str(tmp_path), "-b", "nope"])
     assert res.exit_code == 2
+    # weights for a backbone that was not chosen (a typo) would leave the chosen one on its default
+    res = runner.invoke(cli, ["match", str(video), "-d", str(tmp_path), "-b", "resnet50:gem", "-b", "phash",
+                              "--weights", "resnet5=w.h5"])
+    assert res.exit_code == 2 and "'resnet5' is not one of the chosen backbones (resnet50:gem, phash)" in res.stderr
+    weights_file = tmp_path / "a=b.weights.h5"  # one backbone: a file name holding "=" is still a file
+    weights_file.write_bytes(b"")
+    res = runner.invoke(cli, ["match", str(video), "-d", str(tmp_path), "-b", "resnet50", "--weights",
+                              str(weights_file)])
+    assert res.exit_code == 2 and "not one of the chosen" not in res.stderr and "no frames" in res.stderr
 
 
 def test_backbones_command_lists_weights_availability(runner: CliRunner) -> None:

@@ -459,7 +459,7 @@ def test_bad_files_fail_with_one_line_while_others_succeed(make_video: MakeVideo
     assert set(failed) == {str(tmp_path / "in" / "empty.mp4"), str(tmp_path / "in" / "random.mp4"),
                            str(tmp_path / "missing.mkv")}
     assert "empty" in failed[str(tmp_path / "in" / "empty.mp4")]
-    assert "cannot open" in failed[str(tmp_path / "in" / "random.mp4")]
+    assert "not a video" in failed[str(tmp_path / "in" / "random.mp4")]
     assert "no such file" in failed[str(tmp_path / "missing.mkv")]
     assert sorted(messages) == sorted(f"{v}: {r}" for v, r in summary.failures)
     assert all("\n" not in m for m in messages)

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
@@ -337,3 +338,127 @@ def test_report_size_for_200_examples_and_2000_frames(tmp_path: Path) -> None:
           f"({len(thumbs)} thumbnails), written in {seconds:.1f} s")
     assert size < 20e6
     assert seconds < 120
+
+
+# ---------------------------------------------------------------- hostile names everywhere
+
+#: what a user-controlled string may contain: tags, a script end, attribute breakers, entities, unicode, newlines
+HOSTILE = ["<script>alert(1)</script>", '"onmouseover=alert(2) x="', "</script><script>alert(3)</script>",
+           "&amp;", "ünï©ødé 🎞", "line1\nline2", "' onerror='alert(4)"]
+
+
+class _Tags(HTMLParser):
+    """Every element, attribute and text node as a browser's tokenizer sees them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str, str]] = []
+        self.text: list[str] = []
+        self._in: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += [(tag, k, v or "") for k, v in attrs]
+        self._in.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._in and self._in[-1] == tag:
+            self._in.pop()
+
+    def handle_data(self, data: str) -> None:
+        if not self._in or self._in[-1] not in ("script", "style"):
+            self.text.append(data)
+
+
+def _parse(html: str) -> _Tags:
+    p = _Tags()
+    p.feed(html)
+    p.close()
+    return p
+
+
+def _strings(obj: object) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in _strings(k) + _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+#: the tags the report's own Plotly labels use (Plotly renders this subset of HTML)
+_PLOTLY_OWN_TAGS = re.compile(r"</?(b|br|extra)>")
+
+
+def _hostile_run(root: Path, hostile: bool) -> Path:
+    """make_run, then every user-controlled string (video, example, frame id, backbone, run name, dataset
+    and weights, ground truth) replaced by a hostile one (or a harmless one of the same shape)."""
+    h = (lambda i, s: f"{HOSTILE[i % len(HOSTILE)]}{s}") if hostile else (lambda i, s: f"name{i}{s}")
+    videos = (h(0, ".mp4"), f"dir/{h(2, '')}/{h(1, '')}{h(3, '')}.mp4", h(4, h(5, ".avi")))
+    run_dir = make_run(root, videos=videos, ground_truth=True)
+    pairs = pd.read_parquet(run_dir / "pairs.parquet")
+    backbones = {b: h(i + 5, f"-{b}") for i, b in enumerate(BACKBONES)}
+    examples = {e: h(i, f"-{i}.jpg") for i, e in enumerate(pd.unique(pairs["example"]))}
+    pairs["backbone"] = pairs["backbone"].map(backbones)
+    pairs["frame_id"] = [h(int(f), f"/{int(f):06d}") for f in pairs["frame_id"]]
+    for old, new in examples.items():  # the example files are renamed too: their thumbnails must still work
+        src, dst = root / "examples" / old, root / "examples" / new
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+    pairs["example"] = pairs["example"].map(examples)
+    pairs.to_parquet(run_dir / "pairs.parquet", index=False)
+    pairs.to_csv(run_dir / "pairs.csv", index=False)
+    manifest = pd.read_parquet(root / "dataset" / "manifest.parquet")
+    manifest["frame_id"] = [h(int(f), f"/{int(f):06d}") for f in manifest["frame_id"]]
+    manifest.to_parquet(root / "dataset" / "manifest.parquet", index=False)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["run"] = h(1, h(0, "run"))
+    info["examples"] = [examples[e] for e in info["examples"]]
+    info["failed_examples"] = [{"example": h(2, ".png"), "reason": h(0, "reason")}]
+    info["index"] = h(3, "Flat")
+    info["created"] = h(5, "2026")
+    info["ground_truth"] = {"n_positives": 6, "file": h(0, "truth.csv"), "n_distractors": 0,
+                            "top1_correct": {backbones[b]: 1 for b in BACKBONES}}
+    for b in info["backbones"]:
+        b["name"] = backbones[b["name"]]
+        b["weights"], b["spec"], b["runtime"] = h(1, "w.npz"), h(2, "spec"), h(3, "rt")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+def test_hostile_names_are_escaped_in_every_context(tmp_path: Path) -> None:
+    clean = write_report(_hostile_run(tmp_path / "clean", hostile=False)).read_text(encoding="utf-8")
+    out = write_report(_hostile_run(tmp_path / "evil", hostile=True))
+    html = out.read_text(encoding="utf-8")
+    page, base = _parse(html), _parse(clean)
+    # Same document structure as with harmless names: no injected element, attribute or script.
+    assert page.tags == base.tags
+    assert [(t, k) for t, k, _ in page.attrs] == [(t, k) for t, k, _ in base.attrs]
+    assert not [k for _, k, _ in page.attrs if k.startswith("on")]
+    assert html.count("<script") == clean.count("<script") == html.count("</script>")
+    # The names are shown (as text) rather than dropped: the browser's text equals the raw name.
+    text = "".join(page.text)
+    for needle in (HOSTILE[0] + "run", HOSTILE[3] + "Flat", HOSTILE[5] + "-alpha-net", HOSTILE[6] + "-beta-net",
+                   HOSTILE[2] + ".png", HOSTILE[1] + "w.npz", HOSTILE[0] + "reason"):
+        assert needle in text, needle
+    title = re.search(r"<title>(.*?)</title>", html, re.S)
+    assert title and "<" not in title.group(1)
+    # JSON data blocks give back the exact names (the page's script puts them into the DOM as text only).
+    data = _data_block(html, "fs-data")
+    assert {b["name"] for b in data["backbones"]} >= {HOSTILE[5] + "-alpha-net", HOSTILE[6] + "-beta-net"}
+    assert HOSTILE[0] + "-0.jpg" in [x["n"] for x in data["examples"]]
+    assert any(HOSTILE[2] in f[0] for f in data["frames"].values())
+    assert any(k.startswith(HOSTILE[0]) for k in data["frames"])  # hostile frame ids as keys
+    thumbs = _data_block(html, "fs-thumbs")  # keys: "f" + frame id, "e" + the example's position
+    hostile_example = next(x["i"] for x in data["examples"] if x["n"] == HOSTILE[0] + "-0.jpg")
+    assert any(k.startswith("f" + HOSTILE[0]) for k in thumbs) and f"e{hostile_example}" in thumbs
+    # Plotly renders a subset of HTML in labels, titles and hover text: no tag of ours may come from a name.
+    # (a timeline's "label" is not Plotly's: the page's script makes it an <option>'s text)
+    plotly = [_data_block(html, "fs-figures"), [t["fig"] for t in _data_block(html, "fs-timelines")]]
+    for s in _strings(plotly):
+        assert "<" not in _PLOTLY_OWN_TAGS.sub("", s), s
+    # ... and the names are there, entity-escaped
+    figs_text = json.dumps(_data_block(html, "fs-timelines"))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in figs_text and "&amp;amp;" in figs_text

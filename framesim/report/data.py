@@ -100,37 +100,70 @@ def _read_info(run_dir: Path, notes: list[str]) -> dict[str, Any]:
     if not isinstance(info, dict):
         notes.append("run.json is not a JSON object: run details are unknown.")
         return {}
+    # Fields the report iterates or joins to paths: the wrong JSON type is dropped with a note, not a crash.
+    expected: dict[str, type | tuple[type, ...]] = {
+        "backbones": list, "examples": list, "failed_examples": list, "dataset": str, "examples_root": str,
+        "ground_truth": (dict, type(None)), "evaluation": (dict, type(None))}
+    for key, kind in expected.items():
+        if key in info and not isinstance(info[key], kind):
+            notes.append(f"run.json: {key} has an unexpected type and is ignored.")
+            del info[key]
     return info
 
 
 def _read_pairs(run_dir: Path) -> pd.DataFrame:
-    parquet, csv = run_dir / "pairs.parquet", run_dir / "pairs.csv"
-    if parquet.is_file():
-        df = pd.read_parquet(parquet)
-    elif csv.is_file():
-        df = pd.read_csv(csv)
-    else:
-        raise RunError(f"{run_dir}: no pairs.parquet or pairs.csv (is this a `framesim match` run directory?)")
-    missing = [c for c in PAIRS_COLUMNS if c not in df.columns]
-    if missing:
-        raise RunError(f"{run_dir}: pairs table lacks column(s) {', '.join(missing)}")
-    return df
+    """The run's pairs as ``matching.read_pairs`` gives them: an interrupted write finished or undone,
+    checked against run.json's checksum and the pairs contract; RunError naming the file if not usable."""
+    from framesim.matching import read_pairs
+
+    try:
+        return read_pairs(run_dir)
+    except ValueError as exc:  # DataFileError, RunFilesError: one line that names the file
+        raise RunError(str(exc)) from exc
+
+
+def _as_correct(values: pd.Series) -> pd.Series:
+    """The ``correct`` column as nullable booleans; anything that is not a clear yes/no is unknown (NA)."""
+    table = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}  # (1 == True)
+
+    def one(v: object) -> object:
+        key = v.strip().lower() if isinstance(v, str) else v
+        try:
+            return table.get(key, pd.NA)  # type: ignore[arg-type]
+        except TypeError:  # unhashable
+            return pd.NA
+
+    return pd.Series([one(v) for v in values.tolist()], index=values.index, dtype="boolean")
+
+
+def _text(values: pd.Series) -> np.ndarray:
+    """Python strings; a missing value is "" (astype(str) keeps NaN in pandas' string dtype, and groupby
+    then drops those rows)."""
+    return np.array(["" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
+                     for v in values.tolist()], dtype=object)
+
+
+def _whole(values: pd.Series) -> np.ndarray:
+    """int64 ranks; missing, non-finite or out-of-range values become 0 (shown as no rank)."""
+    f = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+    ok = np.isfinite(f) & (np.abs(f) < 2.0**62)
+    return np.where(ok, np.nan_to_num(f), 0).astype(np.int64)
 
 
 def _normalise_pairs(df: pd.DataFrame, backbone_order: list[str]) -> pd.DataFrame:
     cols = list(PAIRS_COLUMNS) + (["correct"] if "correct" in df.columns else [])
     out = pd.DataFrame({
-        "backbone": df["backbone"].astype(str).to_numpy(dtype=object),
-        "example": df["example"].astype(str).to_numpy(dtype=object),
+        "backbone": _text(df["backbone"]),
+        "example": _text(df["example"]),
         "frame_id": df["frame_id"].to_numpy(),
-        "video": df["video"].astype(str).to_numpy(dtype=object),
+        "video": _text(df["video"]),
         "frame_index": pd.to_numeric(df["frame_index"], errors="coerce").to_numpy(dtype=np.float64),
         "timestamp_s": pd.to_numeric(df["timestamp_s"], errors="coerce").to_numpy(dtype=np.float64),
         "score": pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64),
-        "rank": pd.to_numeric(df["rank"], errors="coerce").fillna(0).to_numpy(dtype=np.int64),
+        "rank": _whole(df["rank"]),
     })
     if "correct" in cols:
-        out["correct"] = df["correct"].astype("boolean").to_numpy()
+        out["correct"] = _as_correct(df["correct"]).to_numpy()
     out["frame_key"] = [str(f) for f in out["frame_id"]]
     out = out[np.isfinite(out["score"].to_numpy())]
     order = {name: i for i, name in enumerate(backbone_order)}
@@ -154,15 +187,30 @@ def _frame_files(info: dict[str, Any], pairs: pd.DataFrame,
     except Exception as exc:  # any unreadable manifest only costs thumbnails
         notes.append(f"Dataset manifest unreadable ({manifest}: {exc}): frame thumbnails are unavailable.")
         return {}
-    wanted = set(pairs["frame_key"])
+    try:
+        return _manifest_files(Path(dataset), man, set(pairs["frame_key"]))
+    except Exception as exc:  # pyarrow decodes lazily: a damaged column fails only here; it costs thumbnails
+        notes.append(f"Dataset manifest damaged ({manifest}: {type(exc).__name__}): frame thumbnails are unavailable.")
+        return {}
+
+
+def _manifest_files(dataset: Path, man: pd.DataFrame,
+                    wanted: set[str]) -> dict[str, tuple[Path, int | None, int | None]]:
+    from framesim.dataset import FrameDataset
+
+    ds = FrameDataset(dataset)
     keys = [str(f) for f in man["frame_id"]]
     files: dict[str, tuple[Path, int | None, int | None]] = {}
-    widths = pd.to_numeric(man["width"], errors="coerce").to_numpy()
-    heights = pd.to_numeric(man["height"], errors="coerce").to_numpy()
+    widths = pd.to_numeric(man["width"], errors="coerce").astype("float64").to_numpy()
+    heights = pd.to_numeric(man["height"], errors="coerce").astype("float64").to_numpy()
     for key, rel, w, h in zip(keys, man["path"], widths, heights, strict=True):
         if key in wanted and isinstance(rel, str):
-            files[key] = (Path(dataset) / rel, int(w) if np.isfinite(w) else None,
-                          int(h) if np.isfinite(h) else None)
+            try:
+                path = ds.frame_path(rel)  # a manifest path never leads the report out of the dataset
+            except ValueError:
+                continue
+            ok_w, ok_h = np.isfinite(w) and 0 < w < 2**31, np.isfinite(h) and 0 < h < 2**31
+            files[key] = (path, int(w) if ok_w else None, int(h) if ok_h else None)
     return files
 
 
@@ -173,9 +221,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     info = _read_info(run_dir, notes)
     raw = _read_pairs(run_dir)
     order = [str(b.get("name")) for b in info.get("backbones") or [] if isinstance(b, dict)]
-    extra = sorted(set(raw["backbone"].astype(str)) - set(order))
+    try:
+        extra = sorted(set(_text(raw["backbone"])) - set(order))
+    except Exception as exc:  # as below: a damaged string column
+        raise RunError(f"{run_dir}: damaged pairs table (column backbone: {type(exc).__name__})") from exc
     backbones = order + extra
-    pairs = _normalise_pairs(raw, backbones)
+    try:
+        pairs = _normalise_pairs(raw, backbones)
+    except Exception as exc:  # pyarrow decodes lazily: a damaged string column fails only when used
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RunError(f"{run_dir}: damaged pairs table ({type(exc).__name__}: {first})") from exc
     examples = [str(e) for e in info.get("examples") or []]
     seen = set(examples)
     for e in pd.unique(pairs["example"]):
