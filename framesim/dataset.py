@@ -96,8 +96,11 @@ JPEG_QUALITY = 95
 #: threads that encode, hash and write kept frames; cv2.imencode, hashlib and file I/O release the
 #: GIL, so this runs beside decoding (which is what limits extraction on a 2-core machine)
 WRITER_THREADS = 2
-#: kept frames handed to the writer and not yet written, at most (memory: 2.7 MB per 720p frame)
+#: kept frames handed to the writer and not yet written, at most (memory: 2.7 MB per 720p frame) ...
 WRITER_BACKLOG = 8
+#: ... and at most this many bytes of their pixels (8K frames are 100 MB each: two at a time, which
+#: keeps both writer threads busy); a single frame larger than this is still taken, alone
+WRITER_BACKLOG_BYTES = 256 << 20
 #: threads that fsync a chunk's images together (waiting on the disk, not the CPU)
 SYNC_THREADS = 8
 
@@ -543,21 +546,34 @@ class _FrameWriter:
     def __init__(self, threads: int = WRITER_THREADS, backlog: int = WRITER_BACKLOG) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="framesim-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="framesim-fsync")
-        self._slots = threading.Semaphore(backlog)
+        self._backlog = backlog
+        self._queued = [0, 0]  # frames, bytes handed over and not yet written
+        self._room = threading.Condition()
         self.error: BaseException | None = None
 
-    def submit(self, path: Path, pixels: Callable[[], np.ndarray]) -> Future[tuple[str, int, int]]:
+    def submit(self, path: Path, pixels: Callable[[], np.ndarray], nbytes: int = 0) -> Future[tuple[str, int, int]]:
         """Queue a frame to be written to ``path`` (its folder must exist); ``pixels()`` gives it as
-        BGR (called on a writer thread, so a keyframe's conversion runs there too)."""
+        BGR (called on a writer thread, so a keyframe's conversion runs there too); ``nbytes``: its
+        size in memory. Blocks while the backlog is full (WRITER_BACKLOG frames, WRITER_BACKLOG_BYTES)."""
         self.check()
-        self._slots.acquire()  # blocks while the backlog is full
+        with self._room:
+            self._room.wait_for(lambda: self._queued[0] == 0 or (
+                self._queued[0] < self._backlog and self._queued[1] + nbytes <= WRITER_BACKLOG_BYTES))
+            self._queued[0] += 1
+            self._queued[1] += nbytes
         try:
             future = self._pool.submit(self._write, path, pixels)
         except BaseException:
-            self._slots.release()
+            self._written(nbytes)
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self._written(nbytes))
         return future
+
+    def _written(self, nbytes: int) -> None:
+        with self._room:
+            self._queued[0] -= 1
+            self._queued[1] -= nbytes
+            self._room.notify_all()
 
     def check(self) -> None:
         """Raise the first error a write met, if any."""
@@ -777,11 +793,12 @@ class _VideoRun:
             self.selected += 1
             return
         pixels = self.reader.retrieve_bgr_deferred() if bgr is None else (lambda: bgr)
+        nbytes = bgr.nbytes if bgr is not None else self.reader.width * self.reader.height * 3
         writer = self.job.writer
         if rel is not None:  # in the manifest but the image is gone: put it back, same row
             path = ds.frame_path(rel)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.pending.append((None, path, writer.submit(path, pixels)))
+            self.pending.append((None, path, writer.submit(path, pixels, nbytes)))
             summary.frames_existing += 1
             self.selected += 1
             return
@@ -790,7 +807,7 @@ class _VideoRun:
         if not self.folder_made:  # here, by this thread: writer threads only write files
             path.parent.mkdir(parents=True, exist_ok=True)
             self.folder_made = True
-        future = writer.submit(path, pixels)
+        future = writer.submit(path, pixels, nbytes)
         self.present[index] = rel
         self.pending.append(({  # sha256, width and height come from the writer
             "frame_id": f"{self.record['name']}/{index:08d}", "video": self.video, "frame_index": index,

@@ -23,7 +23,7 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -575,6 +575,27 @@ def _hook(event: str) -> None:
         _test_hook(event)
 
 
+_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _run_dir_lock(out: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the run folder's lock (flock on ``.lock``): one writer at a time, and no reader tidying up
+    staged files a live writer is still writing. Yields False if ``wait`` is False and it is held."""
+    import fcntl
+
+    fd = os.open(out / _LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_run(out_dir: str | os.PathLike[str], pairs: pd.DataFrame, run: dict[str, Any]) -> Path:
     """Write pairs.parquet, pairs.csv and run.json into ``out_dir``, as one set.
 
@@ -596,7 +617,13 @@ def _write_run(out_dir: str | os.PathLike[str], pairs: pd.DataFrame,
     """``write_run``, also returning the run as written (with its "run" name and "pairs_files")."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recover_run(out)
+    # Two runs writing into one folder: the second waits, then replaces the whole set (last one wins).
+    with _run_dir_lock(out):
+        return _write_run_locked(out, pairs, run)
+
+
+def _write_run_locked(out: Path, pairs: pd.DataFrame, run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    _recover_run_locked(out)
     staged = {name: out / f"{_STAGED}{name}" for name in RUN_FILES}
     try:
         write_table(pairs, parquet=staged["pairs.parquet"], csv=staged["pairs.csv"])
@@ -639,17 +666,32 @@ def recover_run(run_dir: str | os.PathLike[str]) -> None:
     not be: delete them (and temp files of the atomic writes), the previous set being untouched.
     """
     out = Path(run_dir)
+    if not any((out / name).exists() for name in (_COMMIT, *(f"{_STAGED}{n}" for n in RUN_FILES))) \
+            and not any(entry.name.endswith(".tmp") for entry in _scandir(out)):
+        return  # the usual case: nothing to do, and no lock file made in a folder only read
+    with _run_dir_lock(out, wait=False) as held:
+        if held:  # else a live write_run holds it: its staged files are not leftovers
+            _recover_run_locked(out)
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _recover_run_locked(out: Path) -> None:
     if (out / _COMMIT).exists():
         _finish_commit(out)
     for name in RUN_FILES:
         (out / f"{_STAGED}{name}").unlink(missing_ok=True)
     # temp files of atomic writes killed mid-way: ".<name>.<random>.tmp"
     ours = tuple(f".{name}." for name in (*RUN_FILES, *(f"{_STAGED}{n}" for n in RUN_FILES), _COMMIT))
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in os.scandir(out):
-            if entry.name.startswith(ours) and entry.name.endswith(".tmp") and entry.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+    for entry in _scandir(out):
+        if entry.name.startswith(ours) and entry.name.endswith(".tmp") and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 class RunFilesError(DataFileError):

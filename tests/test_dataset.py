@@ -390,6 +390,30 @@ def test_failed_image_write_ends_the_run_and_the_manifest_names_only_written_ima
     pd.testing.assert_frame_equal(ds.manifest(), FrameDataset(tmp_path / "full").manifest())
 
 
+def test_writer_backlog_is_bounded_in_bytes_as_well_as_frames(tmp_path: Path) -> None:
+    # 8K frames are 100 MB each: the frames waiting for the writer are bounded by their size too.
+    go = threading.Event()
+
+    def pixels() -> np.ndarray:
+        go.wait(10)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    half = dataset_mod.WRITER_BACKLOG_BYTES // 2
+    with dataset_mod._FrameWriter(threads=1, backlog=8) as writer:
+        writer.submit(tmp_path / "a.jpg", pixels, half)
+        writer.submit(tmp_path / "b.jpg", pixels, half)
+        third = threading.Thread(target=writer.submit, args=(tmp_path / "c.jpg", pixels, half))
+        third.start()
+        third.join(0.3)
+        assert third.is_alive()  # waits: a third would exceed the byte budget
+        go.set()
+        third.join(10)
+        assert not third.is_alive()
+        # a frame bigger than the whole budget is still taken, alone
+        writer.submit(tmp_path / "huge.jpg", pixels, 4 * dataset_mod.WRITER_BACKLOG_BYTES).result(10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.jpg", "c.jpg", "huge.jpg"]
+
+
 # -- locking ---------------------------------------------------------------------------------------
 def test_lock_refuses_a_second_holder(make_video: MakeVideo, tmp_path: Path) -> None:
     root = tmp_path / "ds"

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from conftest import scene_colour
 from framesim.backbones import get_backbone
 from framesim.dataset import FrameDataset, extract
 from framesim.embeddings import EmbeddingCache
-from framesim.matching import RUN_FILES, match, read_pairs
+from framesim.matching import RUN_FILES, match, read_pairs, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -135,6 +136,11 @@ def leftovers(root: Path) -> list[str]:
     """Temp files of atomic writes and staged run files (none may survive a finished command)."""
     return sorted(p.relative_to(root).as_posix() for p in root.rglob(".*")
                   if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith((".staged-", ".commit"))))
+
+
+def visible(root: Path) -> dict[str, str]:
+    """snapshot() of what readers look at: without hidden files (the run folder's .lock, staged files)."""
+    return {k: v for k, v in snapshot(root).items() if not k.startswith(".")}
 
 
 def frames_snapshot(root: Path) -> dict[str, str]:
@@ -268,7 +274,7 @@ def test_kill_while_writing_the_run_leaves_the_old_set_or_the_new_one(
     out, ref = tmp_path / "run", tmp_path / "ref"
     match(media["examples"], small_dataset, ["tiny-image"], top_k=3, out_dir=out, progress=False)
     (out / "report.html").write_text("an earlier report")  # other files of the folder are left alone
-    old = snapshot(out)
+    old = visible(out)
     new_pairs = match(media["examples"], small_dataset, ["tiny-image"], top_k=5, out_dir=ref, progress=False).pairs
 
     code, _, err = framesim(["match", media["examples"], "-d", small_dataset, "-b", "tiny-image", "-k", "5", "-q",
@@ -276,10 +282,10 @@ def test_kill_while_writing_the_run_leaves_the_old_set_or_the_new_one(
     assert code == -signal.SIGKILL, err
     committed = event.startswith(("committed", "replaced"))
     if not committed:  # before the commit point nothing a reader looks at has changed
-        assert {k: v for k, v in snapshot(out).items() if not k.startswith(".")} == old
+        assert visible(out) == old
     pairs = read_pairs(out)  # finishes (committed) or undoes (not) the interrupted write
     assert leftovers(out) == []
-    files = snapshot(out)
+    files = visible(out)
     if committed:
         pd.testing.assert_frame_equal(pairs, new_pairs)
         run = json.loads((out / "run.json").read_text())
@@ -289,6 +295,37 @@ def test_kill_while_writing_the_run_leaves_the_old_set_or_the_new_one(
     else:
         assert files == old
     assert (out / "report.html").read_text() == "an earlier report"
+
+
+def test_runs_writing_into_one_folder_at_once_leave_one_whole_set(media: dict[str, Path], small_dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    # Several writers at once (threads: flock locks conflict between open files, as between processes)
+    # and a reader tidying up meanwhile: the folder ends with one writer's complete set.
+    base = match(media["examples"], small_dataset, ["tiny-image"], top_k=3, progress=False)
+    versions = [base.pairs.assign(score=base.pairs["score"] * (i + 1) / 8) for i in range(6)]
+    out = tmp_path / "run"
+    errors: list[BaseException] = []
+
+    def write(pairs: pd.DataFrame) -> None:
+        try:
+            write_run(out, pairs, base.run)
+        except BaseException as exc:  # noqa: BLE001 (reported by the assert below)
+            errors.append(exc)
+
+    def read() -> None:
+        for _ in range(50):
+            with contextlib.suppress(ValueError, OSError):  # mid-commit a reader may see a mix and say so
+                read_pairs(out)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in versions] + [threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = read_pairs(out)  # verified against run.json's checksums
+    assert any(final.equals(p) for p in versions)
+    assert leftovers(out) == []
 
 
 def test_read_pairs_refuses_pairs_that_are_not_the_runs(media: dict[str, Path], small_dataset: Path,
