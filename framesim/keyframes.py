@@ -104,6 +104,8 @@ class KeyframeReader:
             raise VideoError(self.path, unopenable_reason(self.path))
         stream = self._stream = self._container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None:  # a stream whose codec FFmpeg cannot tell (a damaged sample description)
+            raise VideoError(self.path, unopenable_reason(self.path))
         ctx.skip_frame = "NONKEY"
         rate = next((r for r in (stream.average_rate, stream.guessed_rate, stream.base_rate)
                      if r and 0 < float(r) <= 1000), None)

@@ -171,8 +171,10 @@ def unopenable_reason(path: str | os.PathLike[str]) -> str:
         if not container.streams.video:
             held = ", ".join(f"{n} {kind}" for kind, n in sorted(streams.items())) or "nothing"
             return f"no video stream (the file holds {held} stream{'s' if sum(streams.values()) != 1 else ''})"
-        codec = container.streams.video[0].codec_context.name
-        return f"cannot open as a video (its {codec} stream: a codec or container variant the decoder lacks?)"
+        ctx = container.streams.video[0].codec_context
+        if ctx is None:
+            return "cannot open as a video (its video stream names no codec FFmpeg knows: a damaged header?)"
+        return f"cannot open as a video (its {ctx.name} stream: a codec or container variant the decoder lacks?)"
     finally:
         container.close()
         if fh is not None:
@@ -189,7 +191,7 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
     api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
     log = cv2.utils.logging
     old_level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_ERROR)
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
     try:
         return cv2.VideoCapture(os.path.abspath(path), api)
     finally:

@@ -470,3 +470,95 @@ def test_ivf_with_more_lists_than_frames_is_a_usage_error(world: World, tmp_path
                      "-b", "tiny-image", "--score", "cosine", "--index", "IVF4096,Flat", "--no-report"])
     assert_clean_exit(result, allowed=(2,))
     assert "index 'IVF4096,Flat' cannot be trained on" in result.stderr and "use Flat or fewer lists" in result.stderr
+
+
+# -- file parsers written by hand: images and video containers --------------------------------------
+def _seed_files() -> dict[str, bytes]:
+    """Small valid files of each kind framesim parses itself before a decoder sees them."""
+    rng = np.random.default_rng(0)
+    bgr = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (40, 30), interpolation=cv2.INTER_NEAREST)
+    bgra = np.dstack([bgr, np.full((30, 40), 128, np.uint8)])
+    files = {ext: cv2.imencode(ext, img)[1].tobytes()
+             for ext, img in ((".jpg", bgr), (".png", bgra), (".bmp", bgr), (".webp", bgra))}
+    from PIL import Image  # an animated GIF and a JPEG with EXIF orientation: what OpenCV cannot write
+
+    gif, jpeg = io.BytesIO(), io.BytesIO()
+    frames = [Image.fromarray(np.full((30, 40, 3), c, np.uint8)) for c in (10, 120, 240)]
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(bgr[..., ::-1]).save(jpeg, "JPEG", exif=exif)
+    files[".gif"], files[".exif.jpg"] = gif.getvalue(), jpeg.getvalue()
+    return files
+
+
+SEED_FILES = _seed_files()
+
+
+@st.composite
+def damaged(draw: st.DrawFn, seeds: dict[str, bytes]) -> tuple[str, bytes]:
+    """A seed file cut short, with bytes overwritten or inserted, or random bytes."""
+    name = draw(st.sampled_from(sorted(seeds)))
+    data = bytearray(seeds[name])
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["cut", "overwrite", "insert", "random"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "cut":
+            del data[at:]
+        elif kind == "overwrite":
+            data[at:at + 4] = draw(st.binary(min_size=1, max_size=4))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        else:
+            data = bytearray(draw(st.binary(max_size=256)))
+    return name, bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=damaged(SEED_FILES))
+def test_fuzzed_images_load_or_give_one_line(case: tuple[str, bytes], tmp_path: Path) -> None:
+    # The header, chunk, EXIF and marker parsers in images.py read untrusted bytes: whatever the damage,
+    # an RGB image or ImageError naming the file, never another exception.
+    from framesim.images import ImageError, declared_size, load_image
+
+    name, data = case
+    path = tmp_path / f"x{name}"
+    path.write_bytes(data)
+    declared_size(data)  # must not raise
+    for min_side in (None, 8):
+        try:
+            rgb = load_image(path, min_side)
+        except ImageError as exc:
+            assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+        else:
+            assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size > 0
+
+
+@pytest.fixture(scope="module")
+def mp4_seed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = write_video(tmp_path_factory.mktemp("mp4") / "seed.mp4", 8, size=(64, 48))
+    return path.read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_video_containers_open_or_give_one_line(data: st.DataObject, mp4_seed: bytes, tmp_path: Path,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    # The MP4 box walk that explains a file FFmpeg cannot open, and both decoders, on damaged files:
+    # frames or VideoError naming the file, never another exception, and no decoder chatter on stderr.
+    from framesim.keyframes import KeyframeReader
+    from framesim.video import VideoError, VideoReader, unopenable_reason
+
+    _, blob = data.draw(damaged({".mp4": mp4_seed}))
+    path = tmp_path / "x.mp4"
+    path.write_bytes(blob)
+    reason = unopenable_reason(path)
+    assert isinstance(reason, str) and reason and "\n" not in reason
+    for reader in (VideoReader, KeyframeReader):
+        try:
+            with reader(path) as video:
+                for _ in video:
+                    pass
+        except VideoError as exc:
+            assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+    assert capfd.readouterr().err == ""
