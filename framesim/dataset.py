@@ -313,6 +313,27 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def checked_numbers(values: pd.Series, path: Path, table: str, whole: bool, nonnegative: bool = False) -> np.ndarray:
+    """A column of a data file as int64 (``whole``) or float64; DataFileError naming the file, the column and
+    how many values are not finite (or not whole numbers int64 holds, or negative with ``nonnegative``)."""
+    try:
+        floats = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+    except (TypeError, ValueError, OverflowError):
+        floats = np.full(len(values), np.nan)
+    bad = ~np.isfinite(floats)
+    if whole:
+        bad |= (floats != np.round(floats)) | (np.abs(floats) >= 2.0**63)
+        if nonnegative:
+            bad |= floats < 0
+    if bad.any():
+        kind = ("whole numbers" + (" >= 0" if nonnegative else "")) if whole else "finite numbers"
+        raise DataFileError(f"{path}: {table} column {values.name} has {int(bad.sum())} value(s) that are not {kind}")
+    if not whole:
+        return floats
+    # exact, not through float64, where the file has integers (frame indices above 2**53)
+    return values.to_numpy().astype("int64") if values.dtype.kind in "iu" else floats.astype("int64")
+
+
 def _read_manifest_part(path: Path) -> pd.DataFrame:
     """One manifest file (manifest.parquet or a pending chunk), checked against the contract and with
     the documented dtypes; DataFileError naming the file otherwise (never a bare pyarrow/pandas error)."""
@@ -346,20 +367,8 @@ def _check_manifest_part(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         if not all(isinstance(v, str) for v in df[c].tolist()):
             raise DataFileError(f"{path}: manifest column {c} must hold text in every row")
     for c in (*_INT_COLUMNS, "timestamp_s"):
-        try:
-            values = pd.to_numeric(df[c], errors="coerce").astype("float64").to_numpy()
-        except (TypeError, ValueError, OverflowError):
-            values = np.full(len(df), np.nan)
         # int64 columns must be whole numbers that int64 holds; timestamps finite (the extraction repairs them)
-        bad = ~np.isfinite(values)
-        if c != "timestamp_s":
-            bad |= (values != np.round(values)) | (np.abs(values) >= 2.0**63) | (values < 0)
-            if not bad.any() and df[c].dtype.kind in "iu":
-                values = df[c].to_numpy()  # exact, not through float64 (frame indices above 2**53)
-        if bad.any():
-            raise DataFileError(f"{path}: manifest column {c} has {int(bad.sum())} value(s) that are not "
-                                f"{'whole numbers >= 0' if c != 'timestamp_s' else 'finite numbers'}")
-        df[c] = values.astype("float64" if c == "timestamp_s" else "int64")
+        df[c] = checked_numbers(df[c], path, "manifest", whole=c != "timestamp_s", nonnegative=True)
     return df
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from framesim._io import fsync_dir, sha256_file, write_json, write_table
 from framesim.backbones.base import Backbone, get_backbone, split_spec
-from framesim.dataset import DataFileError, FrameDataset
+from framesim.dataset import DataFileError, FrameDataset, checked_numbers
 from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, DedupeResult, frame_thumbnails, near_duplicate_runs
 from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
@@ -747,12 +747,5 @@ def _check_pairs(pairs: pd.DataFrame, path: Path) -> pd.DataFrame:
         pairs[c] = pd.Series(["" if pd.isna(v) else str(v) for v in pairs[c].tolist()], index=pairs.index,
                              dtype=str)  # pandas' default text dtype, as match() returns it
     for c in ("frame_index", "timestamp_s", "score", "rank"):
-        values = pd.to_numeric(pairs[c], errors="coerce").astype("float64").to_numpy()
-        bad = ~np.isfinite(values)
-        if c in ("frame_index", "rank"):
-            bad |= (values != np.round(values)) | (np.abs(values) >= 2.0**63)
-        if bad.any():
-            raise DataFileError(f"{path}: pairs column {c} has {int(bad.sum())} value(s) that are not "
-                                f"{'whole' if c in ('frame_index', 'rank') else 'finite'} numbers")
-        pairs[c] = values.astype("int64" if c in ("frame_index", "rank") else "float64")
+        pairs[c] = checked_numbers(pairs[c], path, "pairs", whole=c in ("frame_index", "rank"))
     return pairs

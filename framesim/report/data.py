@@ -136,31 +136,18 @@ def _as_correct(values: pd.Series) -> pd.Series:
     return pd.Series([one(v) for v in values.tolist()], index=values.index, dtype="boolean")
 
 
-def _text(values: pd.Series) -> np.ndarray:
-    """Python strings; a missing value is "" (astype(str) keeps NaN in pandas' string dtype, and groupby
-    then drops those rows)."""
-    return np.array(["" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
-                     for v in values.tolist()], dtype=object)
-
-
-def _whole(values: pd.Series) -> np.ndarray:
-    """int64 ranks; missing, non-finite or out-of-range values become 0 (shown as no rank)."""
-    f = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-    ok = np.isfinite(f) & (np.abs(f) < 2.0**62)
-    return np.where(ok, np.nan_to_num(f), 0).astype(np.int64)
-
-
 def _normalise_pairs(df: pd.DataFrame, backbone_order: list[str]) -> pd.DataFrame:
+    """``df`` as read_pairs returns it (contract dtypes, text columns with "" for missing values)."""
     cols = list(PAIRS_COLUMNS) + (["correct"] if "correct" in df.columns else [])
     out = pd.DataFrame({
-        "backbone": _text(df["backbone"]),
-        "example": _text(df["example"]),
+        "backbone": df["backbone"].to_numpy(dtype=object),
+        "example": df["example"].to_numpy(dtype=object),
         "frame_id": df["frame_id"].to_numpy(),
-        "video": _text(df["video"]),
+        "video": df["video"].to_numpy(dtype=object),
         "frame_index": pd.to_numeric(df["frame_index"], errors="coerce").to_numpy(dtype=np.float64),
         "timestamp_s": pd.to_numeric(df["timestamp_s"], errors="coerce").to_numpy(dtype=np.float64),
         "score": pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64),
-        "rank": _whole(df["rank"]),
+        "rank": df["rank"].to_numpy(dtype=np.int64),
     })
     if "correct" in cols:
         out["correct"] = _as_correct(df["correct"]).to_numpy()
@@ -221,16 +208,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     info = _read_info(run_dir, notes)
     raw = _read_pairs(run_dir)
     order = [str(b.get("name")) for b in info.get("backbones") or [] if isinstance(b, dict)]
-    try:
-        extra = sorted(set(_text(raw["backbone"])) - set(order))
-    except Exception as exc:  # as below: a damaged string column
-        raise RunError(f"{run_dir}: damaged pairs table (column backbone: {type(exc).__name__})") from exc
-    backbones = order + extra
-    try:
-        pairs = _normalise_pairs(raw, backbones)
-    except Exception as exc:  # pyarrow decodes lazily: a damaged string column fails only when used
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise RunError(f"{run_dir}: damaged pairs table ({type(exc).__name__}: {first})") from exc
+    # (read_pairs has decoded and checked every value: nothing below meets a damaged column)
+    backbones = order + sorted(set(raw["backbone"]) - set(order))
+    pairs = _normalise_pairs(raw, backbones)
     examples = [str(e) for e in info.get("examples") or []]
     seen = set(examples)
     for e in pd.unique(pairs["example"]):
