@@ -39,7 +39,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 # at "ready", so a random delay lands in the work, not in Python's start-up.
 CHILD = textwrap.dedent("""
     import sys
-    import framesim.cli as cli, framesim.dataset as d, framesim.embeddings as e, framesim.matching as m
+    import framesim.cli as cli, framesim.dataset as d, framesim.embeddings as e, framesim.matching as m, framesim.runs as r
     import framesim.report
     exec(sys.argv[1])
     print("ready", flush=True)
@@ -263,7 +263,7 @@ KILL_AT = textwrap.dedent("""
     def hook(event):
         if event == EVENT:
             os.kill(os.getpid(), signal.SIGKILL)
-    m._test_hook = hook
+    r._test_hook = hook
 """)
 
 

@@ -1,0 +1,203 @@
+"""Query scoring: search the frames' descriptors for each example, then re-score the candidates.
+
+Scores (``SCORES``):
+
+* ``"verified"`` (default): local-feature verification (``verification``) counts the geometrically
+  consistent matches of each candidate, and the score is the probability that the frame is the
+  example's source among its candidates and "none of them" (``descriptors.MatchPosterior``), the
+  evidence being the cosine against a background level (``descriptors.BackgroundSimilarity``) plus
+  the inliers. One threshold works across examples; 0.5 means "more likely the source than not".
+* ``"normalized"``: the same probability from the cosine and the background only (no verification).
+* ``"cosine"``: the cosine similarity itself (the original behaviour).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from framesim.dataset import FrameDataset
+from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
+from framesim.embeddings import EmbeddingCache
+from framesim.examples import Example, example_loader, frame_loader
+from framesim.index import make_index
+from framesim.verification import VerifyParams, verify_pairs
+from framesim.verification import describe as describe_verification
+
+SCORES = ("verified", "normalized", "cosine")
+DEFAULT_SCORE = "verified"
+#: candidates per example that are re-scored (at least top_k)
+DEFAULT_CANDIDATES = 10
+
+
+def search_pairs(
+    frame_vectors: Sequence[np.ndarray] | np.ndarray,
+    example_vectors: np.ndarray,
+    *,
+    top_k: int | None,
+    min_score: float | None,
+    index: str | None = None,
+    n_frames: int | None = None,
+    train_sample: Callable[[int], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index frame vectors (an array or chunks of one) and search every example.
+
+    ``train_sample(n)`` returns about n frame vectors spread over the whole collection, for indexes that
+    need training (IVF): without it they train on the first chunk, i.e. on the first videos only.
+
+    Returns flat arrays (example_row, frame_row, score), best first within each example. With
+    ``top_k`` the best k frames per example are kept, with ``min_score`` only scores >= it; both
+    may be combined; ``top_k=None`` with a ``min_score`` returns every pair above the threshold.
+    """
+    if top_k is None and min_score is None:
+        raise ValueError("give top_k, min_score or both")
+    chunks = [frame_vectors] if isinstance(frame_vectors, np.ndarray) else frame_vectors
+    dim = example_vectors.shape[1]
+    idx = None
+    for chunk in chunks:
+        if idx is None:
+            idx = make_index(dim, index, n_frames if n_frames is not None else len(chunk))
+            if train_sample is not None and getattr(idx, "needs_training", False):
+                idx.train(train_sample(idx.training_size))
+        idx.add(chunk)
+    if idx is None or len(idx) == 0 or len(example_vectors) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    ex_rows, fr_rows, scores = [], [], []
+    if top_k is not None:
+        s, ids = idx.search(example_vectors, top_k)
+        for q in range(len(example_vectors)):
+            keep = ids[q] >= 0
+            if min_score is not None:
+                keep &= s[q] >= min_score
+            ex_rows.append(np.full(int(keep.sum()), q))
+            fr_rows.append(ids[q][keep])
+            scores.append(s[q][keep])
+    else:
+        assert min_score is not None
+        for q, (s, ids) in enumerate(idx.range_search(example_vectors, min_score)):
+            ex_rows.append(np.full(len(ids), q))
+            fr_rows.append(ids)
+            scores.append(s)
+    return (np.concatenate(ex_rows).astype(np.int64), np.concatenate(fr_rows).astype(np.int64),
+            np.concatenate(scores).astype(np.float32))
+
+
+
+def postprocess_settings(score: str, whiten: bool, candidates: int) -> dict[str, Any]:
+    """Every parameter of the re-scoring, for run.json (per backbone; fitted sizes are added there)."""
+    out: dict[str, Any] = {"score": score, "whitening": PCAWhitening().describe() if whiten else None}
+    if score != "cosine":
+        out["candidates"] = candidates
+        out["background"] = BackgroundSimilarity().describe()
+        out["posterior"] = MatchPosterior().describe(verified=score == "verified")
+        out["score_meaning"] = ("probability that the frame is the example's source among its candidates "
+                                "and 'none' (not a cosine; see the cosine column)")
+    if score == "verified":
+        out["verification"] = describe_verification()
+    if out["whitening"] is not None:
+        out["whitening"].pop("fit_frames")
+    out.get("background", {}).pop("background_frames", None)
+    return out
+
+
+@dataclass
+class Scored:
+    """Pairs of one backbone as flat arrays (example row, frame row), best first per example."""
+
+    ex_rows: np.ndarray
+    fr_rows: np.ndarray
+    scores: np.ndarray
+    cosine: np.ndarray
+    inliers: np.ndarray
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequence[Example], ds: FrameDataset,
+                    *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
+                    candidates: int, workers: int, fail: Callable[[str], None],
+                    vector_key: Mapping[str, str] | None = None) -> Scored:
+    keys = list(frames["sha256"])
+    # Near-identical frames share their run's vector (framesim.dedupe); all else uses the frame's own key.
+    vec_keys = [vector_key.get(k, k) for k in keys] if vector_key else keys
+    summary: dict[str, Any] = {}
+    whitening = None
+    if whiten and len(keys) >= 2:
+        t0 = time.perf_counter()
+        sample = even_sample(len(keys), MAX_FIT_FRAMES)
+        whitening = PCAWhitening().fit(cache.get([vec_keys[i] for i in sample]))
+        summary["whitening_fit_frames"] = whitening.n_fit
+        summary["whitening_seconds"] = round(time.perf_counter() - t0, 3)
+
+    def post(vectors: np.ndarray) -> np.ndarray:
+        return whitening.apply(vectors) if whitening is not None else vectors
+
+    queries = post(cache.get([e.sha256 for e in examples]))
+    chunks = (post(c) for c in cache.iter_chunks(vec_keys))
+
+    def train_sample(n: int) -> np.ndarray:
+        return post(cache.get([vec_keys[i] for i in even_sample(len(vec_keys), n)]))
+
+    if score == "cosine":
+        ex, fr, cos = search_pairs(chunks, queries, top_k=top_k, min_score=min_score, index=index,
+                                   n_frames=len(keys), train_sample=train_sample)
+        return Scored(ex, fr, cos, cos, np.full(len(ex), -1, np.int32), summary)
+
+    k = max(top_k or 0, candidates)
+    ex, fr, cos = search_pairs(chunks, queries, top_k=k, min_score=None, index=index, n_frames=len(keys),
+                               train_sample=train_sample)
+    n = len(examples)
+    if len(ex) == 0:
+        empty = np.zeros(0, np.int64)
+        return Scored(empty, empty, np.zeros(0), np.zeros(0), np.zeros(0, np.int32), summary)
+    # Candidates as (n, k) matrices; search_pairs gives each example's best first.
+    slot = np.arange(len(ex)) - np.searchsorted(ex, ex)
+    valid = np.zeros((n, k), bool)
+    cos_m = np.zeros((n, k))
+    fr_m = np.zeros((n, k), np.int64)
+    valid[ex, slot], cos_m[ex, slot], fr_m[ex, slot] = True, cos, fr
+
+    video_col = "video_id" if "video_id" in frames else "video"
+    videos = frames[video_col].astype(str).to_numpy()
+    times = frames["timestamp_s"].to_numpy(np.float64)
+    sample = even_sample(len(keys), MAX_FIT_FRAMES)
+    background = BackgroundSimilarity().fit(post(cache.get([vec_keys[i] for i in sample])), videos[sample],
+                                            times[sample])
+    best = fr_m[:, 0]
+    bg = background(queries, videos[best], times[best])
+    summary["background_frames"] = len(sample)
+    summary["background_single_video"] = background.single_video
+
+    inl_m = None
+    if score == "verified":
+        t0 = time.perf_counter()
+        pair_keys = [(examples[e].sha256, keys[f]) for e, f in zip(ex, fr, strict=True)]
+        counts = verify_pairs(pair_keys, example_loader(examples), frame_loader(ds, frames),
+                              params=VerifyParams(), workers=workers, on_error=fail)
+        inl_m = np.zeros((n, k))
+        inl_m[ex, slot] = counts
+        summary["verify_seconds"] = round(time.perf_counter() - t0, 3)
+        summary["pairs_verified"] = len(pair_keys)
+
+    # Identical pixels stored twice (the same frame in two files) are one hypothesis, not rivals.
+    sha = frames["sha256"].to_numpy()
+    prob = MatchPosterior()(cos_m, bg, inl_m, valid, groups=np.where(valid, sha[fr_m], ""))
+    # Best first by the new score (ties: cosine order), then top_k / min_score.
+    order = np.lexsort((np.broadcast_to(np.arange(k), (n, k)), -prob), axis=1)
+    rows_e, rows_f, out_s, out_c, out_i = [], [], [], [], []
+    for q in range(n):
+        kept = [j for j in order[q] if valid[q, j] and (min_score is None or prob[q, j] >= min_score)]
+        kept = kept[:top_k] if top_k is not None else kept
+        rows_e.append(np.full(len(kept), q))
+        rows_f.append(fr_m[q, kept])
+        out_s.append(prob[q, kept])
+        out_c.append(cos_m[q, kept])
+        out_i.append(inl_m[q, kept] if inl_m is not None else np.full(len(kept), -1))
+    return Scored(np.concatenate(rows_e).astype(np.int64), np.concatenate(rows_f).astype(np.int64),
+                   np.concatenate(out_s), np.concatenate(out_c), np.concatenate(out_i).astype(np.int32), summary)
+
