@@ -16,7 +16,8 @@ Each batch norm is folded into the conv before it when the weights are assigned 
 ~1e-5, about 20% faster on CPU), so the Keras model has conv layers with biases and no BN layers.
 
 Importing this module must not import TensorFlow (``framesim --help`` stays fast): Keras is imported
-only when a backbone is built.
+only when a backbone's Keras model is built, which a converted runtime found in ``runtime_index`` (keyed
+by the ``.pth``'s sha256) does not need: then neither the weights nor TensorFlow are loaded.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from typing import Any
 import numpy as np
 
 from framesim._io import sha256_file
+from framesim.backbones import torch_pth
 from framesim.backbones.base import BackboneError, register_backbone
 from framesim.backbones.keras_base import KerasBackbone, quiet_tensorflow
 from framesim.backbones.pooling import Descriptor, parse_descriptor
+from framesim.backbones.runtime_index import make_locator
 from framesim.backbones.torch_pth import load_state_dict
 
 log = logging.getLogger(__name__)
@@ -473,28 +476,64 @@ class EfficientNetLiteBackbone(KerasBackbone):
         self.variant = variant
         self.name = variant.name
         self.input_size = variant.input_size
+        self._weights_arg = weights
+        self.weights = ("random (weights=None)" if weights is None
+                        else "imagenet" if str(weights) == "imagenet" else str(weights))
+        self._weights_meta: dict[str, Any] | None = {} if weights is None else None
+        #: seconds spent getting the weights and building the Keras model (for diagnostics and benchmarks);
+        #: 0 until the model is built, which a cached converted runtime does not need
+        self.load_seconds = self.build_seconds = 0.0
+        self._classifier: Any = None
+        self._classify_call: Any = None
+        super().__init__(descriptor=parse_descriptor(descriptor, DEFAULT_DESCRIPTOR), runtime=runtime,
+                         build=self._build_model)
+
+    @property
+    def weights_meta(self) -> dict[str, Any]:
+        """Header of the weights used: source file, its sha256, and "cache": "hit"/"written" for imagenet
+        (read now if the model was not built: a runtime from the index needs no weights)."""
+        if self._weights_meta is None:
+            self._load_weights()
+        return self._weights_meta  # type: ignore[return-value]
+
+    def _load_weights(self) -> dict[str, np.ndarray] | None:
+        if self._weights_arg is None:
+            return None
         t0 = time.perf_counter()
-        arrays: dict[str, np.ndarray] | None = None
-        #: header of the weights used: source file, its sha256, and "cache": "hit"/"written" for imagenet
-        self.weights_meta: dict[str, Any] = {}
-        if weights is None:
-            self.weights = "random (weights=None)"
-            blocks = config_blocks(variant)
-        else:
-            arrays, self.weights_meta = load_weights(variant, weights)
-            self.weights = "imagenet" if str(weights) == "imagenet" else str(weights)
-            blocks = blocks_from_weights(arrays)
-        t1 = time.perf_counter()
-        descriptor = parse_descriptor(descriptor, DEFAULT_DESCRIPTOR)
+        arrays, self._weights_meta = load_weights(self.variant, self._weights_arg)
+        self.load_seconds = time.perf_counter() - t0
+        return arrays
+
+    def _build_model(self) -> Any:
+        arrays = self._load_weights()
+        t0 = time.perf_counter()
+        blocks = config_blocks(self.variant) if arrays is None else blocks_from_weights(arrays)
         # A fixed input size lets TensorFlow plan the graph once; only multi-scale needs any size.
-        model, self.classifier, by_key = build_model(blocks, None if descriptor.multiscale else variant.input_size)
+        model, self._classifier, by_key = build_model(blocks, self._side())
         if arrays is not None:
             assign_weights(by_key, blocks, arrays)
-        #: seconds spent getting the weights and building the model (for diagnostics and benchmarks)
-        self.load_seconds = t1 - t0
-        self.build_seconds = time.perf_counter() - t1
-        self._classify_call: Any = None
-        super().__init__(model, descriptor, runtime)
+        self.build_seconds = time.perf_counter() - t0
+        return model
+
+    def _side(self) -> int | None:
+        return None if self.descriptor.multiscale else self.variant.input_size
+
+    def _locator(self) -> dict[str, Any] | None:
+        if self._weights_arg is None:
+            return None
+        source = (package_weights_path(self.variant) if str(self._weights_arg) == "imagenet"
+                  else Path(self._weights_arg))
+        if source is None:
+            return None  # the full path says how to install the weights
+        # This module and the .pth reader make the weights and the network from the file.
+        return make_locator(self.variant.name, self._side(), source, code=(Path(__file__), Path(torch_pth.__file__)))
+
+    @property
+    def classifier(self) -> Any:
+        """The ImageNet classifier model (the feature model's layers plus the head); built with it."""
+        if self._classifier is None:
+            _ = self.model
+        return self._classifier
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
         # The TF Lite reference preprocessing: mean 127, std 128 on RGB 0..255 (not ImageNet mean/std).
@@ -508,10 +547,11 @@ class EfficientNetLiteBackbone(KerasBackbone):
         if batch.dtype != np.uint8:
             raise TypeError(f"{self.name}: expected uint8 RGB images, got {batch.dtype}")
         if self._classify_call is None:
+            classifier = self.classifier  # built first: that sets TensorFlow's environment before it starts
             import tensorflow as tf
 
             self._classify_call = tf.function(
-                lambda x: tf.nn.softmax(self.classifier(x, training=False)), reduce_retracing=True)
+                lambda x: tf.nn.softmax(classifier(x, training=False)), reduce_retracing=True)
         return np.asarray(self._classify_call(self.preprocess(batch)), dtype=np.float32)
 
 

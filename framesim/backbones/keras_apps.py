@@ -5,6 +5,8 @@
 Weights: ``"imagenet"`` goes through Keras' own download and cache (``$KERAS_HOME/models``, default
 ``~/.keras/models``), which needs internet the first time; ``weights=FILE`` loads a local ``.h5`` file
 (the same "notop" file Keras would download); ``weights=None`` gives random weights (tests, plumbing).
+The Keras model is built when first needed: with a converted runtime found in ``runtime_index`` (keyed by
+the weights file's sha256) that is never, and TensorFlow is not imported.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from framesim.backbones.base import BackboneError, register_backbone
 from framesim.backbones.keras_base import KerasBackbone, quiet_tensorflow
 from framesim.backbones.pooling import Descriptor, parse_descriptor
+from framesim.backbones.runtime_index import make_locator
 
 WEIGHTS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
 DEFAULT_DESCRIPTOR = Descriptor("avg")
+#: the ImageNet mean in BGR order that Keras' "caffe" preprocess_input (VGG, ResNet) subtracts
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 
 
 @dataclass(frozen=True)
@@ -64,35 +70,47 @@ class KerasApplicationBackbone(KerasBackbone):
 
     def __init__(self, spec: KerasAppSpec, weights: str | os.PathLike[str] | None = "imagenet",
                  descriptor: Descriptor | str | None = None, runtime: str = "auto") -> None:
-        quiet_tensorflow()
-        import keras
-
         self.name = spec.name
         self.dim = spec.dim
         self._spec = spec
-        module = getattr(keras.applications, spec.module)
-        self._preprocess_input = module.preprocess_input
-        constructor = getattr(keras.applications, spec.constructor)
-        keras_weights: str | None
+        self._keras_weights: str | None
         if weights is None:
-            keras_weights, self.weights = None, "random (weights=None)"
+            self._keras_weights, self.weights = None, "random (weights=None)"
         elif str(weights) == "imagenet":
-            keras_weights, self.weights = "imagenet", "imagenet"
+            self._keras_weights, self.weights = "imagenet", "imagenet"
         else:
             path = Path(weights)
             if not path.is_file():
                 raise BackboneError(f"{spec.name}: weights file {path} does not exist")
-            keras_weights, self.weights = str(path), str(path)
-        descriptor = parse_descriptor(descriptor, DEFAULT_DESCRIPTOR)
-        side = None if descriptor.multiscale else self.input_size  # any size for multi-scale
+            self._keras_weights, self.weights = str(path), str(path)
+        super().__init__(descriptor=parse_descriptor(descriptor, DEFAULT_DESCRIPTOR), runtime=runtime,
+                         build=self._build_model)
+
+    def _side(self) -> int | None:
+        return None if self.descriptor.multiscale else self.input_size  # any size for multi-scale
+
+    def _build_model(self) -> Any:
+        quiet_tensorflow()
+        import keras
+
+        spec, keras_weights = self._spec, self._keras_weights
+        constructor = getattr(keras.applications, spec.constructor)
+        side = self._side()
         try:
             # pooling=None: the model ends at the last conv block's map; the descriptor pools it.
-            model = constructor(include_top=False, weights=keras_weights, pooling=None, input_shape=(side, side, 3))
+            return constructor(include_top=False, weights=keras_weights, pooling=None, input_shape=(side, side, 3))
         except Exception as exc:  # Keras raises bare Exception on a failed download
             if keras_weights == "imagenet":
                 raise BackboneError(self._offline_help(exc)) from exc
             raise BackboneError(f"{spec.name}: cannot load weights {keras_weights}: {exc}") from exc
-        super().__init__(model, descriptor, runtime)
+
+    def _locator(self) -> dict[str, Any] | None:
+        if self._keras_weights is None:
+            return None
+        path = cached_weights_path(self._spec) if self._keras_weights == "imagenet" else Path(self._keras_weights)
+        if not path.is_file():
+            return None  # not downloaded yet: the full path downloads it
+        return make_locator(self._spec.name, self._side(), path, code=(Path(__file__),))
 
     def _offline_help(self, exc: Exception) -> str:
         spec = self._spec
@@ -103,8 +121,9 @@ class KerasApplicationBackbone(KerasBackbone):
         )
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
-        # keras' preprocess_input for VGG/ResNet ("caffe" mode) expects RGB 0..255 floats and flips to BGR.
-        return self._preprocess_input(batch.astype(np.float32))
+        # Keras' preprocess_input for VGG/ResNet ("caffe" mode, channels last): RGB 0..255 -> BGR minus the
+        # mean, in float32. In numpy (the same numbers) so that a runtime from the index needs no Keras.
+        return batch[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR
 
 
 def _factory(spec: KerasAppSpec) -> Callable[..., KerasApplicationBackbone]:

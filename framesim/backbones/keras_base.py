@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -12,6 +14,7 @@ import numpy as np
 from framesim.backbones.base import Backbone
 from framesim.backbones.pooling import MULTI_SCALES, Descriptor, describe
 from framesim.backbones.runtime import THREADS_ENV, Runner, TensorFlowRunner, check_runtime, select_runner
+from framesim.backbones.runtime_index import open_indexed, record
 
 #: images of the fixed batch each converted runtime is checked on against TensorFlow
 CHECK_IMAGES = 3
@@ -37,18 +40,42 @@ class KerasBackbone(Backbone):
     ``"openvino"``; the one in use is ``self.runtime``. Subclasses call ``__init__`` last: checking a
     converted runtime embeds a fixed batch, so ``name``, ``input_size``, ``weights`` and ``preprocess``
     must work by then.
+
+    Given ``build`` (a function returning the model) instead of ``model``, the model is built when first
+    needed: a subclass whose ``_locator`` names a converted file already checked (``runtime_index``)
+    then starts without TensorFlow, and builds the model (and imports TensorFlow) only for what the file
+    cannot do: ``runtime="tensorflow"``, a batch size the file does not take, or ``self.model`` itself.
     """
 
     #: most images per network call; larger batches are split (None: run them as given). Depthwise
     #: convolutions are memory-bound: such networks run faster when one call's activations stay in cache.
     network_batch: int | None = None
 
-    def __init__(self, model: Any, descriptor: Descriptor | None = None, runtime: str = "auto") -> None:
-        self.model = model
+    def __init__(self, model: Any = None, descriptor: Descriptor | None = None, runtime: str = "auto", *,
+                 build: Callable[[], Any] | None = None) -> None:
+        if (model is None) == (build is None):
+            raise TypeError("KerasBackbone takes a model or a build function")
+        self._model = model
+        self._build = build
+        self._build_lock = threading.Lock()
         self.descriptor = descriptor or Descriptor()
-        self._reference = TensorFlowRunner(model)
+        self._reference = TensorFlowRunner(build=lambda: self.model)
         self._runners: dict[str, Runner] = {}
         self.set_runtime(runtime)
+
+    @property
+    def model(self) -> Any:
+        """The Keras model: preprocessed batch -> activation maps (n, h, w, C); built on first use."""
+        if self._model is None:
+            with self._build_lock:  # embedding threads must not build it twice
+                if self._model is None:
+                    self._model = self._build()  # type: ignore[misc]
+        return self._model
+
+    def _locator(self) -> dict[str, Any] | None:
+        """What names this model's converted file without building it (``runtime_index.make_locator``);
+        None (the default): always the full path."""
+        return None
 
     @property
     def spec(self) -> str:
@@ -59,15 +86,26 @@ class KerasBackbone(Backbone):
         """Run the model with ``runtime`` from now on (converting and checking it if needed; switching
         back to one used before is free)."""
         t0 = time.perf_counter()
+        building = 0.0
         if check_runtime(runtime) not in self._runners:
-            self._runners[runtime] = select_runner(
-                self.model, runtime, name=self.base_name, check_batches=self._check_batches(),
-                cache=not str(self.weights).startswith("random"), reference=self._reference)
+            cache = not str(self.weights).startswith("random")  # random weights: never cached (see runtime)
+            locator = self._locator() if cache and runtime != "tensorflow" else None
+            runner = open_indexed(locator, runtime, name=self.base_name, fallback=self._reference) if locator else None
+            if runner is None:
+                t1 = time.perf_counter()
+                model = self.model  # built now if not yet; that is not choosing the runtime, so not counted
+                building = time.perf_counter() - t1
+                runner = select_runner(model, runtime, name=self.base_name, check_batches=self._check_batches(),
+                                       cache=cache, reference=self._reference)
+                if locator:
+                    record(locator, runner)
+            self._runners[runtime] = runner
         self._runner = self._runners[runtime]
         #: the runtime in use: "tensorflow", "onnxruntime" or "openvino"
         self.runtime: str = self._runner.name
-        #: seconds spent choosing the runtime: loading, or converting and checking, the exported model
-        self.runtime_seconds = time.perf_counter() - t0
+        #: seconds spent choosing the runtime: opening the indexed file, or loading (or converting) and
+        #: checking the exported model; building the Keras model is not counted
+        self.runtime_seconds = time.perf_counter() - t0 - building
 
     def _check_batches(self) -> list[np.ndarray]:
         """Preprocessed batches to compare runtimes on: structured and noisy images, and for a model that

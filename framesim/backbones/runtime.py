@@ -19,6 +19,8 @@ into a temporary file: their key never repeats, so caching them would only fill 
 
 ``"auto"`` takes the first runtime of ``AUTO_ORDER`` that is installed and passes the check, else
 TensorFlow with a warning. Threads: ``FRAMESIM_THREADS`` if set, else the CPUs this process may use.
+Finding a file by its key needs the built model; ``runtime_index`` finds one already checked without
+TensorFlow (the TensorFlow runner then builds its model only if it is called).
 """
 
 from __future__ import annotations
@@ -97,21 +99,32 @@ def installed(runtime: str) -> bool:
 
 
 class TensorFlowRunner:
-    """The Keras model through one ``tf.function`` (the reference path)."""
+    """The Keras model through one ``tf.function`` (the reference path). Given ``build`` instead of a
+    model, it builds the model (importing TensorFlow) when first needed."""
 
     name = "tensorflow"
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any = None, *, build: Callable[[], Any] | None = None) -> None:
+        if (model is None) == (build is None):
+            raise TypeError("TensorFlowRunner takes a model or a build function")
+        self._model = model
+        self._build = build
         self._call: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self._build()  # type: ignore[misc]
+        return self._model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self._call is None:
+            model = self.model  # built first: building sets TensorFlow's environment before it starts
             import tensorflow as tf
 
             # One traced graph for any batch and image size (multi-scale runs three sizes); avoids
             # Keras' per-call Python overhead (predict() builds a dataset per call).
-            self._call = tf.function(lambda x: self.model(x, training=False),
+            self._call = tf.function(lambda x: model(x, training=False),
                                      input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
         return np.asarray(self._call(batch))
 
@@ -126,6 +139,8 @@ class ConvertedRunner:
         self.spatial = spatial
         self.fallback = fallback
         self.threads = threads
+        #: the cache entry ``path`` belongs to (None: a temporary file); set by ``_converted_runner``
+        self.stored: ConvertedModel | None = None
         self._run = _open_onnxruntime(path, threads) if name == "onnxruntime" else _open_openvino(path, threads)
 
     def accepts(self, shape: Sequence[int]) -> bool:
@@ -238,6 +253,7 @@ def _converted_runner(model: Any, runtime: str, name: str, reference: TensorFlow
             raise RuntimeUnavailable(f"cannot rewrite {stored.path}: {exc}") from exc
         runner = _open(runtime, stored.path, spatial, reference, threads)
     stored.check(runtime, lambda: _verify(runner, reference, check_batches))
+    runner.stored = stored
     return runner
 
 
