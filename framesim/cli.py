@@ -10,10 +10,14 @@ import errno
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from framesim import __version__
+
+if TYPE_CHECKING:
+    from framesim.verification import VerifyParams
 
 EXIT_PARTIAL = 1
 EXIT_FATAL = 2
@@ -164,8 +168,31 @@ dedupe_option = click.option("--dedupe", type=_FloatRange(0, 1), default=None,
                                   "share one CNN vector; 0 embeds every frame [default: 0.002, sensor noise only].")
 
 
+verify_option = click.option("--verify", "verify_spec", default=None, metavar="FEATURES[:LONG_SIDE[:N]]",
+                             help="Local features that verify candidates: rootsift or orb, on images whose long "
+                                  "side is brought to LONG_SIDE pixels, at most N per image "
+                                  "[default: rootsift:640:1000].")
+
+
 def _dedupe_kwargs(dedupe: float | None) -> dict[str, float]:
     return {} if dedupe is None else {"dedupe": dedupe}
+
+
+def _verify_params(spec: str | None) -> VerifyParams | None:
+    """--verify as VerifyParams (None: match's default), or a usage error saying what is wrong."""
+    if spec is None:
+        return None
+    from framesim.verification import parse_verify_spec
+
+    try:
+        return parse_verify_spec(spec)
+    except ValueError as exc:
+        raise click.UsageError(f"--verify: {exc}") from None
+
+
+def _stage_line(timings: dict[str, float]) -> str:
+    """``embed 2.1 s, verify 0.9 s, ...``: the stages of a match run that took any time."""
+    return ", ".join(f"{name} {sec:.1f} s" for name, sec in timings.items() if sec >= 0.05)
 
 
 @cli.command()
@@ -199,12 +226,13 @@ def _dedupe_kwargs(dedupe: float | None) -> dict[str, float]:
               help="CSV with example,video,timestamp_s: marks each pair correct or not (within 1 s).")
 @runtime_option
 @dedupe_option
+@verify_option
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
           top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
           score: str, whiten: bool, candidates: int, ground_truth: Path | None, runtime: str,
-          dedupe: float | None, no_report: bool, quiet: bool) -> None:
+          dedupe: float | None, verify_spec: str | None, no_report: bool, quiet: bool) -> None:
     """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
@@ -214,13 +242,14 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
     if top_k == 0 and min_score is None:
         raise click.UsageError("--top-k 0 (no limit) needs --min-score")
     backbones = backbones or (DEFAULT_BACKBONE,)
+    verify = _verify_params(verify_spec)
     out = out or default_run_dir()
     try:
         result = run_match(list(examples), dataset, list(dict.fromkeys(backbones)), top_k=top_k or None,
                            min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
                            out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
                            ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates,
-                           runtime=runtime, **_dedupe_kwargs(dedupe))
+                           runtime=runtime, verify=verify, **_dedupe_kwargs(dedupe))
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
         _fatal_error(exc)
         return
@@ -229,8 +258,14 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
         speed = f"{b['images_per_s']:.1f} images/s" if b["images_per_s"] else "all cached"
         click.echo(f"{b['name']}: {b['frames_embedded']} frames embedded, {b['frames_cached']} cached, "
                    f"{b['examples_embedded']} examples embedded ({speed})")
+    for b in run["backbones"]:
+        work = b["postprocess"].get("verification_work")
+        if work:
+            click.echo(f"{b['name']}: verified {work['pairs_verified']} of {work['pairs']} candidate pairs "
+                       f"({work['pairs_cached']} cached, {work['mirrored']} also mirrored) "
+                       f"in {work['seconds']:.1f} s")
     click.echo(f"{len(result.pairs)} pairs for {run['n_examples']} examples x {run['n_frames']} frames "
-               f"in {run['seconds']:.1f} s")
+               f"in {run['seconds']:.1f} s ({_stage_line(run['timings'])})")
     truth = run["ground_truth"]
     if truth:
         for name, hits in truth["top1_correct"].items():

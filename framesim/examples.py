@@ -50,14 +50,16 @@ def load_examples(
     return examples, root, failures
 
 
-def frame_loader(dataset: FrameDataset, manifest: pd.DataFrame,
-                 min_side: int | None = None) -> Callable[[str], np.ndarray]:
-    """``key -> RGB image``; ``min_side``: see ``images.load_image`` (decode JPEGs at reduced scale)."""
+def frame_loader(dataset: FrameDataset, manifest: pd.DataFrame, min_side: int | None = None,
+                 min_long_side: int | None = None) -> Callable[[str], np.ndarray]:
+    """``key -> RGB image``; ``min_side``, ``min_long_side``: see ``images.load_image`` (decode JPEGs
+    at reduced scale)."""
     path_of = dict(zip(manifest["sha256"], manifest["path"], strict=True))
-    return lambda key: load_image(dataset.frame_path(path_of[key]), min_side)
+    return lambda key: load_image(dataset.frame_path(path_of[key]), min_side, min_long_side)
 
 
-def example_loader(examples: Sequence[Example], min_side: int | None = None) -> Callable[[str], np.ndarray]:
+def example_loader(examples: Sequence[Example], min_side: int | None = None,
+                   min_long_side: int | None = None) -> Callable[[str], np.ndarray]:
     path_of = {ex.sha256: ex.path for ex in examples}
-    return lambda key: load_image(path_of[key], min_side)
+    return lambda key: load_image(path_of[key], min_side, min_long_side)
 

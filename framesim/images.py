@@ -130,12 +130,14 @@ _OTHER_OPENCV_SIGNATURES = tuple(f"P{c}{w}".encode() for c in "1234567Ff" for w 
     b"#?RADIANCE", b"#?RGBE", b"\x59\xa6\x6a\x95")
 
 
-def load_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], min_side: int | None = None,
+               min_long_side: int | None = None) -> np.ndarray:
     """Load an image file as RGB uint8, or raise ImageError naming the file and the reason, in one line.
 
     ``min_side``: the caller is about to shrink the image to about ``min_side`` pixels, so a JPEG is
     decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least that long:
     2-3x cheaper than a full decode followed by a resize, and itself an area average.
+    ``min_long_side``: the same for a caller that brings the long side to that length (verification).
 
     The format is told by magic bytes. EXIF orientation is applied; greyscale and CMYK become RGB;
     16-bit samples keep their top 8 bits; transparent pixels are composited over white; a GIF or
@@ -167,6 +169,8 @@ def load_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.
         _check_jpeg_complete(path, data)
         if min_side is not None and size is not None:
             flag = next((f for k, f in _JPEG_REDUCED if min(size) // k >= min_side), flag)
+        elif min_long_side is not None and size is not None:
+            flag = next((f for k, f in _JPEG_REDUCED if max(size) // k >= min_long_side), flag)
     elif fmt == "PNG":
         has_alpha, exif = _png_info(path, data)
         if has_alpha:

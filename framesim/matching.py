@@ -10,10 +10,11 @@ verified, ``inliers``), written with a ``run.json`` that describes the run, incl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ from framesim.scoring import (
     score_backbone,
     search_pairs,
 )
+from framesim.verification import VerifyParams
+from framesim.verify_run import Cascade
 
 __all__ = [  # the names users' scripts and the tests import from here (older ones moved to their modules)
     "DEFAULT_BACKBONE", "DEFAULT_CANDIDATES", "DEFAULT_SCORE", "DEFAULT_TOP_K", "EXTRA_COLUMNS", "PAIRS_COLUMNS",
@@ -59,6 +62,9 @@ __all__ = [  # the names users' scripts and the tests import from here (older on
 ]
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
+#: the stages of ``run.json["timings"]``: example images read and hashed, near-duplicate thumbnails, models
+#: loaded, images embedded (decoding included), index + search + background, local-feature verification
+STAGES = ("examples", "dedupe", "model", "embed", "search", "verify")
 DEFAULT_TOP_K = 10
 DEFAULT_WHITEN = False
 
@@ -98,6 +104,8 @@ def match(
     workers: int = 2,
     runtime: str = "auto",
     dedupe: float = DEFAULT_DEDUPE_THRESHOLD,
+    verify: VerifyParams | None = None,
+    cascade: Cascade | None = None,
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
@@ -136,6 +144,16 @@ def match(
         if on_error:
             on_error(msg)
 
+    timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[name] += time.perf_counter() - t0
+
     with ds.lock():
         manifest = ds.manifest()
         if exclude_videos:
@@ -145,27 +163,31 @@ def match(
             manifest = manifest[~held_out].reset_index(drop=True)
         if manifest.empty:
             raise ValueError(f"{ds.root}: the dataset has no frames; run `framesim extract` first")
-        example_list, root, failed_examples = load_examples(inputs, on_error=None)
+        with stage("examples"):
+            example_list, root, failed_examples = load_examples(inputs, on_error=None)
         for f in failed_examples:
             fail(f["reason"])
         frames_by_key = manifest.drop_duplicates("sha256")
-        runs = _dedupe(ds, manifest, frames_by_key, dedupe, workers)
+        with stage("dedupe"):
+            runs = _dedupe(ds, manifest, frames_by_key, dedupe, workers)
         tables, backbone_runs = [], []
         for spec in backbones:
             if isinstance(spec, Backbone):
                 backbone, b_score, b_whiten = spec, score, whiten
             else:
                 model_spec, b_score, b_whiten, suffix = parse_match_spec(spec, score, whiten)
-                backbone = get_backbone(model_spec, runtime=runtime, **_weights_for(spec, weights))
+                with stage("model"):
+                    backbone = get_backbone(model_spec, runtime=runtime, **_weights_for(spec, weights))
                 if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
                     backbone.name = f"{backbone.name}@{suffix}"
-            cache = EmbeddingCache(ds.root / "embeddings", backbone)
-            frame_stats = embed_missing(backbone, cache, runs.representatives,
-                                        frame_loader(ds, frames_by_key, backbone.input_size),
-                                        batch_size=batch_size, progress=progress, desc="frames")
-            example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
-                                          example_loader(example_list, backbone.input_size),
-                                          batch_size=batch_size, progress=progress, desc="examples")
+            with stage("embed"):
+                cache = EmbeddingCache(ds.root / "embeddings", backbone)
+                frame_stats = embed_missing(backbone, cache, runs.representatives,
+                                            frame_loader(ds, frames_by_key, backbone.input_size),
+                                            batch_size=batch_size, progress=progress, desc="frames")
+                example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
+                                              example_loader(example_list, backbone.input_size),
+                                              batch_size=batch_size, progress=progress, desc="examples")
             for msg in frame_stats.failures + example_stats.failures:
                 fail(msg)
             # Frames whose image could not be read are left out of the index, not fatal.
@@ -174,13 +196,18 @@ def match(
             usable_examples = [e for e in example_list if e.sha256 in cache]
             t0 = time.perf_counter()
             scored = score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
-                                     index=index, score=b_score, whiten=b_whiten, candidates=candidates,
-                                     workers=workers, fail=fail, vector_key=runs.vector_key)
-            search_seconds = time.perf_counter() - t0
+                                    index=index, score=b_score, whiten=b_whiten, candidates=candidates,
+                                    workers=workers, fail=fail, vector_key=runs.vector_key, verify=verify,
+                                    cascade=cascade, progress=progress)
+            fitted = dict(scored.summary)
+            search_seconds = float(fitted.pop("search_seconds", 0.0))
+            verify_seconds = float(fitted.get("verify_seconds", 0.0))
+            timings["verify"] += verify_seconds
+            timings["search"] += time.perf_counter() - t0 - verify_seconds
             tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
             backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
-                                  "postprocess": {**postprocess_settings(b_score, b_whiten, candidates),
-                                                  **scored.summary}})
+                                  "postprocess": {**postprocess_settings(b_score, b_whiten, candidates, verify,
+                                                                         cascade), **fitted}})
 
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRS_COLUMNS)
     truth_info = None
@@ -198,10 +225,13 @@ def match(
         "n_examples": len(example_list), "top_k": top_k, "min_score": min_score,
         "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
         # The run's defaults; each backbone's entry has its own (a spec's "@..." overrides them).
-        "postprocess": postprocess_settings(score, whiten, candidates),
+        "postprocess": postprocess_settings(score, whiten, candidates, verify, cascade),
         "dedupe": runs.summary(),
         "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": truth_info,
     }
+    # Seconds per stage, summed over backbones; "other" is the rest (manifest, pairs table, ground truth).
+    timings["other"] = max(0.0, run["seconds"] - sum(timings.values()))
+    run["timings"] = {k: round(v, 3) for k, v in timings.items()}
     result = MatchResult(pairs=pairs, run=run, failures=failures)
     if out_dir is not None:
         result.out_dir, result.run = _write_run(out_dir, pairs, run)

@@ -26,8 +26,9 @@ from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPost
 from framesim.embeddings import EmbeddingCache
 from framesim.examples import Example, example_loader, frame_loader
 from framesim.index import make_index
-from framesim.verification import VerifyParams, verify_pairs
+from framesim.verification import VerifyParams
 from framesim.verification import describe as describe_verification
+from framesim.verify_run import Cascade, verify_pairs
 
 SCORES = ("verified", "normalized", "cosine")
 DEFAULT_SCORE = "verified"
@@ -89,7 +90,8 @@ def search_pairs(
 
 
 
-def postprocess_settings(score: str, whiten: bool, candidates: int) -> dict[str, Any]:
+def postprocess_settings(score: str, whiten: bool, candidates: int, verify: VerifyParams | None = None,
+                         cascade: Cascade | None = None) -> dict[str, Any]:
     """Every parameter of the re-scoring, for run.json (per backbone; fitted sizes are added there)."""
     out: dict[str, Any] = {"score": score, "whitening": PCAWhitening().describe() if whiten else None}
     if score != "cosine":
@@ -99,7 +101,8 @@ def postprocess_settings(score: str, whiten: bool, candidates: int) -> dict[str,
         out["score_meaning"] = ("probability that the frame is the example's source among its candidates "
                                 "and 'none' (not a cosine; see the cosine column)")
     if score == "verified":
-        out["verification"] = describe_verification()
+        out["verification"] = describe_verification(verify or VerifyParams())
+        out["cascade"] = (cascade or Cascade()).describe()
     if out["whitening"] is not None:
         out["whitening"].pop("fit_frames")
     out.get("background", {}).pop("background_frames", None)
@@ -119,9 +122,16 @@ class Scored:
 
 
 def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequence[Example], ds: FrameDataset,
-                    *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
-                    candidates: int, workers: int, fail: Callable[[str], None],
-                    vector_key: Mapping[str, str] | None = None) -> Scored:
+                   *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
+                   candidates: int, workers: int, fail: Callable[[str], None],
+                   vector_key: Mapping[str, str] | None = None, verify: VerifyParams | None = None,
+                   cascade: Cascade | None = None, progress: bool = False) -> Scored:
+    """Search ``frames`` for each of ``examples`` and score the candidates (module docstring).
+
+    ``summary`` gets the fitted sizes and the seconds of each stage: ``search_seconds`` (index, search,
+    background) and, when verified, ``verify_seconds`` and ``verification`` (what was cached, verified
+    and skipped)."""
+    t_search = time.perf_counter()
     keys = list(frames["sha256"])
     # Near-identical frames share their run's vector (framesim.dedupe); all else uses the frame's own key.
     vec_keys = [vector_key.get(k, k) for k in keys] if vector_key else keys
@@ -146,6 +156,7 @@ def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequen
     if score == "cosine":
         ex, fr, cos = search_pairs(chunks, queries, top_k=top_k, min_score=min_score, index=index,
                                    n_frames=len(keys), train_sample=train_sample)
+        summary["search_seconds"] = round(time.perf_counter() - t_search, 4)
         return Scored(ex, fr, cos, cos, np.full(len(ex), -1, np.int32), summary)
 
     k = max(top_k or 0, candidates)
@@ -172,21 +183,26 @@ def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequen
     bg = background(queries, videos[best], times[best])
     summary["background_frames"] = len(sample)
     summary["background_single_video"] = background.single_video
+    summary["search_seconds"] = round(time.perf_counter() - t_search, 4)
 
     inl_m = None
     if score == "verified":
-        t0 = time.perf_counter()
+        params = verify or VerifyParams()
         pair_keys = [(examples[e].sha256, keys[f]) for e, f in zip(ex, fr, strict=True)]
-        counts = verify_pairs(pair_keys, example_loader(examples), frame_loader(ds, frames),
-                              params=VerifyParams(), workers=workers, on_error=fail)
+        counts, stats = verify_pairs(
+            pair_keys, example_loader(examples, min_long_side=params.long_side),
+            frame_loader(ds, frames, min_long_side=params.long_side), params=params, cascade=cascade,
+            cache_root=ds.root / "embeddings", workers=workers, progress=progress, on_error=fail)
         inl_m = np.zeros((n, k))
         inl_m[ex, slot] = counts
-        summary["verify_seconds"] = round(time.perf_counter() - t0, 3)
-        summary["pairs_verified"] = len(pair_keys)
+        summary["verify_seconds"] = round(stats.seconds, 3)
+        summary["pairs_verified"] = stats.pairs_verified
+        summary["verification_work"] = stats.summary()
 
     # Identical pixels stored twice (the same frame in two files) are one hypothesis, not rivals.
     sha = frames["sha256"].to_numpy()
     prob = MatchPosterior()(cos_m, bg, inl_m, valid, groups=np.where(valid, sha[fr_m], ""))
+    prob = prob.round(6)  # as the pairs table writes it, so --min-score keeps what the file shows >= it
     # Best first by the new score (ties: cosine order), then top_k / min_score.
     order = np.lexsort((np.broadcast_to(np.arange(k), (n, k)), -prob), axis=1)
     rows_e, rows_f, out_s, out_c, out_i = [], [], [], [], []

