@@ -8,6 +8,7 @@
     python -m bench memory                                         # peak RSS per stage, 1 vs 4 min of video
     python -m bench pipeline --minutes 5                           # extract + embed + match, extrapolated to 1 h
     python -m bench all [--quick]                                  # all of the above (~30 min; quick: a few)
+    python -m bench endtoend [--quick] [--seeds 0,1,2,3]           # framesim vs the seed pipeline: speed, µAP
 
 Medians of ``--repeat`` runs are printed.
 """
@@ -19,6 +20,7 @@ import time
 import click
 
 from bench.backbones import backbones
+from bench.endtoend import endtoend
 from bench.extract import extract
 from bench.index import index
 from bench.memory import memory
@@ -59,6 +61,7 @@ main.add_command(verify)
 main.add_command(index)
 main.add_command(memory)
 main.add_command(pipeline)
+main.add_command(endtoend)
 
 if __name__ == "__main__":
     main()

@@ -138,3 +138,37 @@ def test_mirrored_rootsift_is_sift_of_the_mirror_image(images: dict[str, np.ndar
     assert np.array_equal(mirrored(mirrored(local_features(src))).descriptors, local_features(src).descriptors)
     blank = local_features(np.zeros((40, 60, 3), np.uint8))  # no keypoints at all
     assert len(blank) == 0 and len(mirrored(blank)) == 0
+
+
+def test_match_reuses_verification_and_new_examples_pay_only_for_themselves(
+        tmp_path: Path, make_video: Callable[..., Path]) -> None:
+    from framesim.dataset import extract
+    from framesim.matching import match
+
+    video = make_video("scenes.mp4", n_frames=40, fps=10, size=(320, 240), scene_starts=(0, 10, 20, 30))
+    dataset = tmp_path / "ds"
+    assert extract([video], dataset, every=5, progress=False).ok
+    cap, frames = cv2.VideoCapture(str(video)), []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    examples = tmp_path / "ex"
+    examples.mkdir()
+    for index in (3, 17, 24):
+        cv2.imwrite(str(examples / f"from{index}.jpg"), cv2.resize(frames[index][20:220, 30:290], (195, 150)))
+
+    def work(run: dict) -> dict:
+        return run["backbones"][0]["postprocess"]["verification_work"]
+
+    first = match(examples, dataset, ["tiny-image"], top_k=3, progress=False)
+    assert work(first.run)["pairs_verified"] == work(first.run)["pairs"] > 0
+    assert first.run["timings"]["verify"] > 0 and set(first.run["timings"]) >= {"embed", "search", "verify"}
+    again = match(examples, dataset, ["tiny-image"], top_k=3, progress=False)
+    assert work(again.run)["pairs_verified"] == 0 and work(again.run)["pairs_cached"] == work(first.run)["pairs"]
+    assert again.pairs.equals(first.pairs)
+    cv2.imwrite(str(examples / "from36.jpg"), cv2.resize(frames[36][20:220, 30:290], (195, 150)))
+    grown = match(examples, dataset, ["tiny-image"], top_k=3, progress=False)
+    new_pairs = work(grown.run)["pairs"] - work(first.run)["pairs"]
+    assert work(grown.run)["pairs_verified"] == new_pairs > 0  # only the new example's candidates
+    assert work(grown.run)["features_computed"] <= 1 + new_pairs  # its image, and frames never seen before
+    old = grown.pairs[grown.pairs["example"] != "from36.jpg"].reset_index(drop=True)
+    assert old.equals(first.pairs)
