@@ -330,13 +330,14 @@ def report(run_dir: Path, out: Path | None) -> None:
               help="Evaluation folder [default: reports/eval-<date-time>].")
 @runtime_option
 @dedupe_option
+@verify_option
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
              distractor_share: float | None, distractors: Path | None, edits: str | None, from_frames: bool,
              seed: int, top_k: int,
-             weights: tuple[str, ...], out: Path | None, runtime: str, dedupe: float | None, no_report: bool,
-             quiet: bool) -> None:
+             weights: tuple[str, ...], out: Path | None, runtime: str, dedupe: float | None,
+             verify_spec: str | None, no_report: bool, quiet: bool) -> None:
     """Score backbones on a copy-detection benchmark built from DATASET's own videos.
 
     Frames are cut from the videos and edited the way re-uploads are (crops, re-encoding, captions,
@@ -352,6 +353,7 @@ def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
     from framesim.matching import DEFAULT_BACKBONE
 
     backbones = tuple(dict.fromkeys(backbones or (DEFAULT_BACKBONE,)))
+    verify = _verify_params(verify_spec)
     edit_names = [e.strip() for e in edits.split(",") if e.strip()] if edits is not None else None
     out = out or default_eval_dir()
 
@@ -360,7 +362,7 @@ def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
                             distractors=distractors, seed=seed, top_k=top_k, edits=edit_names,
                             from_video=not from_frames, progress=not quiet,
                             weights=_parse_weights(weights, backbones), report=not no_report, on_error=_error,
-                            runtime=runtime, **_dedupe_kwargs(dedupe))
+                            runtime=runtime, verify=verify, **_dedupe_kwargs(dedupe))
 
     try:
         try:

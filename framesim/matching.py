@@ -164,7 +164,8 @@ def match(
         if manifest.empty:
             raise ValueError(f"{ds.root}: the dataset has no frames; run `framesim extract` first")
         with stage("examples"):
-            example_list, root, failed_examples = load_examples(inputs, on_error=None)
+            example_list, root, failed_examples = load_examples(
+                inputs, on_error=None, hash_cache=ds.root / "embeddings" / "example-hashes.json")
         for f in failed_examples:
             fail(f["reason"])
         frames_by_key = manifest.drop_duplicates("sha256")

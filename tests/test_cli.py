@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,14 @@ def test_extract_then_match_in_process(runner: CliRunner, tmp_path: Path, make_v
     assert top1["ex4.jpg"] < 15 <= top1["ex22.jpg"]
     meta = json.loads((run / "run.json").read_text())
     assert meta["n_frames"] == 10 and meta["backbones"][0]["name"] == "tiny-image"
+    # per-stage seconds and the verification work in the summary; --verify picks the local features
+    assert re.search(r"tiny-image: verified 20 of 20 candidate pairs \(0 cached, \d+ also mirrored\)", res.output)
+    assert re.search(r"in [\d.]+ s \(.*verify [\d.]+ s\)", res.output)  # stages over 0.05 s
+    res = runner.invoke(cli, ["match", str(tmp_path / "ex"), "-d", str(ds), "-b", "tiny-image", "-k", "2",
+                              "-o", str(run), "-q", "--no-report", "--verify", "orb:320:500"])
+    assert res.exit_code == 0, res.output
+    verification = json.loads((run / "run.json").read_text())["backbones"][0]["postprocess"]["verification"]
+    assert (verification["features"], verification["long_side"], verification["n_features"]) == ("orb", 320, 500)
 
 
 def test_extract_reports_bad_video_on_one_line_and_goes_on(
@@ -82,6 +91,9 @@ def test_usage_errors_exit_2(runner: CliRunner, tmp_path: Path, make_video: Call
     res = runner.invoke(cli, ["match", str(video), "-d", str(tmp_path), "-b", "resnet50", "--weights",
                               str(weights_file)])
     assert res.exit_code == 2 and "not one of the chosen" not in res.stderr and "no frames" in res.stderr
+    for spec in ("surf", "orb:huge", "rootsift:640:9999"):
+        res = runner.invoke(cli, ["match", str(video), "-d", str(tmp_path), "--verify", spec])
+        assert res.exit_code == 2 and "--verify: verification" in res.stderr and "Traceback" not in res.output
 
 
 def test_backbones_command_lists_weights_availability(runner: CliRunner) -> None:
