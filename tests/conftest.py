@@ -132,3 +132,20 @@ def isolated_framesim_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         os.environ.pop("FRAMESIM_HOME", None)
     else:
         os.environ["FRAMESIM_HOME"] = old
+
+
+def textured_image(seed: int, size: tuple[int, int] = (360, 480)) -> np.ndarray:
+    """An RGB image with blobs and lines: plenty of corners for SIFT (no text: glyphs would be
+    shared content between two such images)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = cv2.resize(rng.integers(0, 256, (h // 24, w // 24, 3), dtype=np.uint8), (w, h),
+                     interpolation=cv2.INTER_CUBIC)
+    for _ in range(40):
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        if rng.random() < 0.5:
+            cv2.circle(img, p1, int(rng.integers(4, 30)), c, -1)
+        else:
+            cv2.line(img, p1, (int(rng.integers(0, w)), int(rng.integers(0, h))), c, 3)
+    return img

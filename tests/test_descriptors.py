@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from conftest import textured_image
 
 from framesim.descriptors import BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
 from framesim.verification import VerifyParams
@@ -143,21 +144,6 @@ def test_posterior_with_inliers_favours_the_verified_frame_and_splits_ties() -> 
 # Verification
 
 
-def _textured(seed: int, size: tuple[int, int] = (360, 480)) -> np.ndarray:
-    """An RGB image with blobs and lines: plenty of corners for SIFT (no text: glyphs would be
-    shared content between two such images)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = cv2.resize(rng.integers(0, 256, (h // 24, w // 24, 3), dtype=np.uint8), (w, h),
-                     interpolation=cv2.INTER_CUBIC)
-    for _ in range(40):
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        if rng.random() < 0.5:
-            cv2.circle(img, p1, int(rng.integers(4, 30)), c, -1)
-        else:
-            cv2.line(img, p1, (int(rng.integers(0, w)), int(rng.integers(0, h))), c, 3)
-    return img
 
 
 @pytest.mark.parametrize("features", ["rootsift", "orb"])
@@ -170,10 +156,10 @@ def test_verification_counts_many_inliers_for_copies_and_few_for_others(features
     def count_inliers(a: Any, b: Any) -> int:
         return count_inliers_(a, b, params)
 
-    src, other = _textured(1), _textured(2)
+    src, other = textured_image(1), textured_image(2)
     crop = src[60:300, 100:420]  # strong crop, then scaled
     crop = cv2.resize(crop, (crop.shape[1] * 2 // 3, crop.shape[0] * 2 // 3), interpolation=cv2.INTER_AREA)
-    canvas = _textured(3, (480, 640))
+    canvas = textured_image(3, (480, 640))
     canvas[100:280, 200:440] = cv2.resize(src, (240, 180), interpolation=cv2.INTER_AREA)  # picture-in-picture
     f_src, f_other = local_features(src), local_features(other)
     for copy in (crop, canvas):
@@ -225,7 +211,7 @@ def _write_examples(video: Path, folder: Path) -> None:
         bgr = frames[index][20:220, 30:290]  # crop + rescale + JPEG
         bgr = cv2.resize(bgr, (bgr.shape[1] * 3 // 4, bgr.shape[0] * 3 // 4), interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(folder / f"from{index}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 70])
-    cv2.imwrite(str(folder / "distractor.jpg"), cv2.cvtColor(_textured(9), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "distractor.jpg"), cv2.cvtColor(textured_image(9), cv2.COLOR_RGB2BGR))
 
 
 def test_match_score_modes_and_postprocess_record(textured_dataset: tuple[Path, Path], tmp_path: Path) -> None:

@@ -9,28 +9,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import textured_image
 
 from framesim.verification import VerifyParams, count_inliers, local_features, parse_verify_spec
 from framesim.verify_run import Cascade, FeatureStore, verify_pairs
 
 
-def _textured(seed: int, size: tuple[int, int] = (360, 480)) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = cv2.resize(rng.integers(0, 256, (h // 24, w // 24, 3), dtype=np.uint8), (w, h),
-                     interpolation=cv2.INTER_CUBIC)
-    for _ in range(40):
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        cv2.circle(img, p1, int(rng.integers(4, 30)), c, -1)
-    return img
-
-
 @pytest.fixture
 def images() -> dict[str, np.ndarray]:
-    src = _textured(1)
+    src = textured_image(1)
     crop = cv2.resize(src[40:320, 60:420], (240, 187), interpolation=cv2.INTER_AREA)
-    return {"src": src, "other": _textured(2), "crop": crop, "mirror": src[:, ::-1].copy(), "third": _textured(3)}
+    return {"src": src, "other": textured_image(2), "crop": crop, "mirror": src[:, ::-1].copy()}
 
 
 def _counting(images: dict[str, np.ndarray]) -> tuple[Callable[[str], np.ndarray], list[str]]:
