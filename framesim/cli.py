@@ -220,7 +220,7 @@ def _stage_line(timings: dict[str, float]) -> str:
                    "checks; normalized: the same without local features; cosine: raw cosine similarity.")
 @click.option("--whiten/--no-whiten", default=False, show_default=True,
               help="PCA-whiten descriptors, learned on the dataset's frames.")
-@click.option("--candidates", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--candidates", type=click.IntRange(min=1), default=20, show_default=True,
               help="Best frames per example re-scored by --score verified/normalized.")
 @click.option("--ground-truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with example,video,timestamp_s: marks each pair correct or not (within 1 s).")

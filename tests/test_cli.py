@@ -116,3 +116,10 @@ def test_installed_command_runs_end_to_end(tmp_path: Path, make_video: Callable[
                           "-o", str(tmp_path / "run")], check=True, capture_output=True, text=True).stdout
     assert "report:" in out and (tmp_path / "run" / "report.html").stat().st_size > 10_000
     assert len(pd.read_parquet(tmp_path / "run" / "pairs.parquet")) == 2 * 6
+
+
+def test_cli_defaults_are_the_librarys() -> None:
+    from framesim.scoring import DEFAULT_CANDIDATES
+
+    params = {p.name: p for p in cli.commands["match"].params}
+    assert params["candidates"].default == DEFAULT_CANDIDATES

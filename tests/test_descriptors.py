@@ -229,7 +229,7 @@ def test_match_score_modes_and_postprocess_record(textured_dataset: tuple[Path, 
     assert runs["tiny-image@cosine"] == {"score": "cosine", "whitening": None}
     assert runs["tiny-image@normalized+whiten"]["whitening"]["shrinkage"] == 1.0
     assert runs["tiny-image@normalized+whiten"]["whitening_fit_frames"] == 8
-    assert result.run["postprocess"]["score"] == "verified" and result.run["postprocess"]["candidates"] == 10
+    assert result.run["postprocess"]["score"] == "verified" and result.run["postprocess"]["candidates"] == 20
     by = {name: g for name, g in pairs.groupby("backbone")}
     cosine = by["tiny-image@cosine"]
     assert (cosine["score"] == cosine["cosine"]).all() and (cosine["inliers"] == -1).all()

@@ -37,7 +37,7 @@ from framesim.evaluation.metrics import (
     evaluation_table,
     per_example,
 )
-from framesim.matching import DEFAULT_BACKBONE, MatchResult, match
+from framesim.matching import DEFAULT_BACKBONE, DEFAULT_CANDIDATES, MatchResult, match
 from framesim.verification import VerifyParams
 
 DEFINITIONS = (
@@ -107,13 +107,14 @@ def evaluate(
     dedupe: float = DEFAULT_DEDUPE_THRESHOLD,
     runtime: str = "auto",
     verify: VerifyParams | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> EvaluationResult:
     """Build a copy-detection benchmark from ``dataset`` (see ``benchmark.build_benchmark``), rank
     it with each of ``backbones`` through ``framesim.match`` (names or specs, passed through as
     given), and score the pairs (see ``metrics``). Writes the files listed in the module docstring
     into ``out_dir``; returns the table and the rest. ``from_video=False``: see ``build_benchmark``.
-    ``dedupe``, ``runtime`` and ``verify`` (the local features, ``verification.VerifyParams``) go to
-    ``match``."""
+    ``dedupe``, ``runtime``, ``verify`` (the local features, ``verification.VerifyParams``) and
+    ``candidates`` go to ``match``."""
     started = time.perf_counter()
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k!r}")
@@ -127,7 +128,7 @@ def evaluate(
     result = match(bench.examples_dir, dataset, specs, top_k=top_k, index=index, weights=weights, out_dir=out,
                    batch_size=batch_size, progress=progress, on_error=on_error,
                    ground_truth=bench.ground_truth_path, exclude_videos=bench.exclude_videos, dedupe=dedupe,
-                   runtime=runtime, verify=verify)
+                   runtime=runtime, verify=verify, candidates=candidates)
     names = [str(b["name"]) for b in result.run["backbones"]]
     edit_order = list(edits) if edits is not None else list(DEFAULT_EDITS)
     table = evaluation_table(result.pairs, bench.truth, names, edit_order=edit_order)
