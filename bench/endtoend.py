@@ -107,6 +107,8 @@ def _check(rc: int, log: Path, what: str, out: Path | None = None) -> None:
 
 def run_framesim(videos: list[str], examples: Path, fps: float, work: Path) -> Run:
     ds, run_dir = work / "ds", work / "run"
+    # The user's own examples folder, to which new examples are added at the end (copied: not timed)
+    examples = Path(shutil.copytree(examples, work / "examples"))
     ext_wall, ext_cpu, rc = _run([*_framesim_cmd(), "extract", *videos, "-o", str(ds), "--fps", f"{fps:g}", "-q"],
                                  work / "extract.log")
     _check(rc, work / "extract.log", "framesim extract", ds / "manifest.csv")
@@ -141,16 +143,15 @@ def run_framesim(videos: list[str], examples: Path, fps: float, work: Path) -> R
     match_cmd = [*_framesim_cmd(), "match", "-d", str(ds), "-q", "--no-report"]
     rerun_s, _, rc = _run([*match_cmd, str(examples), "-o", str(work / "rerun")], work / "rerun.log")
     _check(rc, work / "rerun.log", "framesim match (again)", work / "rerun" / "pairs.csv")
-    grown = work / "grown-examples"
-    shutil.copytree(examples, grown)
-    for path in sorted(examples.glob("*.jpg"))[:GROW_EXAMPLES]:
+    n_examples = len(list(examples.glob("*.jpg")))
+    for path in sorted(examples.glob("*.jpg"))[:GROW_EXAMPLES]:  # into the same folder, as a user adds them
         img = cv2.imread(str(path))
-        cv2.imwrite(str(grown / f"new_{path.name}"), img[1:, 1:], [cv2.IMWRITE_JPEG_QUALITY, 90])
-    grow_s, _, rc = _run([*match_cmd, str(grown), "-o", str(work / "grown")], work / "grown.log")
+        cv2.imwrite(str(examples / f"new_{path.name}"), img[1:, 1:], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    grow_s, _, rc = _run([*match_cmd, str(examples), "-o", str(work / "grown")], work / "grown.log")
     _check(rc, work / "grown.log", "framesim match (grown)", work / "grown" / "pairs.csv")
     return Run(extract_s=ext_wall, total_s=ext_wall + m_wall, cpu_s=ext_cpu + m_cpu, stages=stages,
                pairs=pairs, notes=notes, rerun_s=rerun_s, grow_s=grow_s,
-               n_examples=len(list(examples.glob("*.jpg"))))
+               n_examples=n_examples)
 
 
 def run_seed(videos: list[str], examples: Path, fps: float, work: Path) -> Run:

@@ -13,9 +13,11 @@ winners, D2LV); here it re-scores each example's few best CNN candidates.
   brought to ``min_long_side..long_side`` pixels; at most ``n_features`` per image.
 * Matching: nearest neighbour with Lowe's ratio test, one example point per frame point. RootSIFT is
   matched with one matrix product (the descriptors are unit vectors), ORB by Hamming distance.
-* Geometry: a full affine map by RANSAC with a 1 % (of the long side) reprojection threshold; maps
-  that mirror, shrink or stretch implausibly (scale outside 1/8..8, anisotropy over 3) count 0.
-  The mirrored example is tried too (flipped copies), keeping the larger count.
+* Geometry: a full affine map by RANSAC with a 1 % (of the long side) reprojection threshold, refitted
+  by least squares to its inliers and counted again (LO-RANSAC); maps that mirror, shrink or stretch
+  implausibly (scale outside 1/8..8, anisotropy over 3) count 0. The mirrored example can be tried
+  too (flipped copies; ``mirrored`` derives its RootSIFT without a second detection), keeping the
+  larger count.
 
 Deterministic: RANSAC's random generator is reseeded for every pair. How the features are cached and
 which pairs get verified is ``framesim.verify_run``'s business.
@@ -73,8 +75,10 @@ class VerifyParams:
         return f"{self.features}-{self.long_side}-{self.n_features}-{digest}"
 
     def tag(self) -> str:
-        """Names every setting: two runs with the same tag give the same inliers for the same pair."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        """Names every setting, the counting method's own included: two runs with the same tag give the
+        same inliers for the same pair (so cached counts are reused only then)."""
+        key = {**asdict(self), **_counting()}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.features}-{digest}"
 
 
@@ -278,6 +282,16 @@ def parse_verify_spec(spec: str) -> VerifyParams:
     return VerifyParams(**fields)  # type: ignore[arg-type]
 
 
+#: bump when counting changes in a way the constants above do not show: cached counts are then redone
+COUNTING_VERSION = 2
+
+
+def _counting() -> dict[str, object]:
+    return {"counting_version": COUNTING_VERSION, "ransac_confidence": RANSAC_CONFIDENCE,
+            "ransac_iterations": RANSAC_ITERATIONS, "local_optimisation_steps": LOCAL_OPTIMISATION_STEPS}
+
+
 def describe(params: VerifyParams = VerifyParams()) -> dict[str, object]:
     method = {"rootsift": "RootSIFT", "orb": "ORB"}[params.features]
-    return {"method": f"{method} + ratio test + affine RANSAC inliers", **asdict(params)}
+    return {"method": f"{method} + ratio test + affine RANSAC inliers, refitted to them (LO-RANSAC)",
+            **asdict(params), **_counting()}

@@ -161,3 +161,13 @@ def test_match_reuses_verification_and_new_examples_pay_only_for_themselves(
     assert work(grown.run)["features_computed"] <= 1 + new_pairs  # its image, and frames never seen before
     old = grown.pairs[grown.pairs["example"] != "from36.jpg"].reset_index(drop=True)
     assert old.equals(first.pairs)
+
+
+def test_cached_counts_are_keyed_by_the_counting_method_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import framesim.verification as verification
+
+    before = VerifyParams().tag()
+    assert VerifyParams(ratio=0.7).tag() != before and VerifyParams().extraction_tag() == VerifyParams(
+        ratio=0.7).extraction_tag()  # matching settings do not change an image's features
+    monkeypatch.setattr(verification, "RANSAC_CONFIDENCE", 0.99)
+    assert VerifyParams().tag() != before
