@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from framesim.embeddings import EmbeddingCache
 from framesim.verification import (
@@ -247,7 +248,10 @@ def verify_pairs(
 
     counts: dict[int, int] = {}
     examples = [ex for ex, rows in by_example.items() if pending.intersection(rows)]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # The pool's threads are the parallelism: BLAS threads inside each of them only contend for the same
+    # cores (and OpenBLAS spins while it waits): one BLAS thread each made verification about 10 % faster.
+    with threadpool_limits(limits=1, user_api="blas"), \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # A few examples at a time, so memory holds only their features and their candidates' (frames
         # shared by two chunks come back from the store).
         for start in range(0, len(examples), EXAMPLES_PER_CHUNK):
