@@ -149,3 +149,10 @@ def textured_image(seed: int, size: tuple[int, int] = (360, 480)) -> np.ndarray:
         else:
             cv2.line(img, p1, (int(rng.integers(0, w)), int(rng.integers(0, h))), c, 3)
     return img
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private FRAMESIM_HOME for one test, so cache tests never touch (or depend on) the user's cache."""
+    monkeypatch.setenv("FRAMESIM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"

@@ -177,12 +177,6 @@ def test_dedupe_thumbnails(tmp_path: Path, capsys: pytest.CaptureFixture[str], d
 LITE0 = E.VARIANTS["efficientnet-lite0"]
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FRAMESIM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_converted_efficientnet_weights(home: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
     if E.package_weights_path(LITE0) is None:

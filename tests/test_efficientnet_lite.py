@@ -36,13 +36,6 @@ def package_pth(variant: E.LiteVariant) -> Path:
     return path
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private FRAMESIM_HOME so cache tests never touch (or depend on) the user's cache."""
-    monkeypatch.setenv("FRAMESIM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing legacy .pth files by hand (no torch): raw pickle opcodes for the torch names.
 

@@ -58,12 +58,6 @@ class IndexedNet(KerasBackbone):
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FRAMESIM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
 def weights(tmp_path: Path) -> Path:
     path = tmp_path / "net-weights.txt"
     path.write_text("0")

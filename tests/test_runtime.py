@@ -56,12 +56,6 @@ class SmallNet(KerasBackbone):
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FRAMESIM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
 def exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Records every ONNX export (the real one runs)."""
     done: list[Path] = []
