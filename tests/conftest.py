@@ -156,3 +156,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private FRAMESIM_HOME for one test, so cache tests never touch (or depend on) the user's cache."""
     monkeypatch.setenv("FRAMESIM_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture
+def exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Records every ONNX export of a converted runtime (the real one runs)."""
+    from framesim.backbones import runtime
+
+    done: list[Path] = []
+    real = runtime._export_onnx
+
+    def counting(model: object, path: Path) -> None:
+        done.append(path)
+        real(model, path)
+
+    monkeypatch.setattr(runtime, "_export_onnx", counting)
+    return done

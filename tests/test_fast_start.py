@@ -64,19 +64,6 @@ def weights(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    done: list[Path] = []
-    real = R._export_onnx
-
-    def counting(model: object, path: Path) -> None:
-        done.append(path)
-        real(model, path)
-
-    monkeypatch.setattr(R, "_export_onnx", counting)
-    return done
-
-
 def entry_files(home: Path) -> list[Path]:
     return sorted((home / "runtimes" / "locators").glob("*.json"))
 

@@ -55,20 +55,6 @@ class SmallNet(KerasBackbone):
         return (batch.astype(np.float32) - 127.0) / 128.0
 
 
-@pytest.fixture
-def exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Records every ONNX export (the real one runs)."""
-    done: list[Path] = []
-    real = R._export_onnx
-
-    def counting(model: object, path: Path) -> None:
-        done.append(path)
-        real(model, path)
-
-    monkeypatch.setattr(R, "_export_onnx", counting)
-    return done
-
-
 def images(n: int = 4, seed: int = 1) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (48 + 16 * i, 80, 3), dtype=np.uint8) for i in range(n)]
