@@ -9,6 +9,7 @@
     python -m bench pipeline --minutes 5                           # extract + embed + match, extrapolated to 1 h
     python -m bench all [--quick]                                  # all of the above (~30 min; quick: a few)
     python -m bench endtoend [--quick] [--seeds 0,1,2,3]           # framesim vs the seed pipeline: speed, µAP
+    python -m bench store [--sizes 20000] [--keep DIR]             # FAISS vs Qdrant Edge: ingest, open, latency, disk
 
 Medians of ``--repeat`` runs are printed.
 """
@@ -25,6 +26,7 @@ from bench.extract import extract
 from bench.index import index
 from bench.memory import memory
 from bench.pipeline import make_video, pipeline
+from bench.store import store
 from bench.verify import verify
 
 
@@ -62,6 +64,7 @@ main.add_command(index)
 main.add_command(memory)
 main.add_command(pipeline)
 main.add_command(endtoend)
+main.add_command(store)
 
 if __name__ == "__main__":
     main()

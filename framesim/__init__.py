@@ -2,17 +2,25 @@
 
 The public API (the ``framesim`` command is a thin layer over it)::
 
-    from framesim import extract, match, write_report
+    from framesim import extract, index, match, search, write_report
     extract(["videos/"], "dataset", fps=1)
     result = match("examples/", "dataset", ["efficientnet-lite0", "resnet50"], out_dir="reports/run1")
     write_report(result.out_dir)
+    index("dataset")                                  # a persistent collection (Qdrant Edge)
+    hits = search("screenshot.png", "dataset").pairs  # answered from it
 
 Heavy modules (TensorFlow, FAISS, Plotly) load only when first used.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# FFmpeg prints its own complaints ("moov atom not found") to stderr, where framesim reports one line
+# per failed video instead. OpenCV reads this once, when it first loads FFmpeg: set here, before any
+# framesim module can import cv2 (a value the user has set wins).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 __version__ = "0.1.0"
 
@@ -34,6 +42,12 @@ _EXPORTS = {
     "FaissIndex": "framesim.index",
     "make_index": "framesim.index",
     "load_image": "framesim.images",
+    "index": "framesim.collection",
+    "search": "framesim.collection",
+    "VectorStore": "framesim.stores",
+    "open_store": "framesim.stores",
+    "register_store": "framesim.stores",
+    "StoreError": "framesim.stores",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -70,6 +70,8 @@ def cli() -> None:
     \b
     framesim extract videos/ -o dataset        sample frames into a frame dataset
     framesim match examples/ -d dataset        rank example images against the frames
+    framesim index -d dataset                  keep the frames in a persistent collection (Qdrant)
+    framesim search image.jpg -d dataset       the frames nearest an image, from the collection
     framesim report reports/<run>              rebuild a run's HTML report
     framesim evaluate dataset -b phash         score backbones on a benchmark built from the dataset
     """
@@ -140,7 +142,7 @@ def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[
     """``--weights FILE`` (single backbone) or ``--weights NAME=FILE``; ``none`` = random weights."""
     from framesim.backbones.base import split_spec
 
-    # the keys matching._weights_for looks up: the spec as given, without "@...", and its bare name
+    # the keys backbones.base.weights_for looks up: the spec as given, without "@...", and its bare name
     known = {key for b in backbones for key in (b, b.partition("@")[0], split_spec(b.partition("@")[0])[0])}
     out: dict[str, str | None] = {}
     for value in values:
@@ -227,12 +229,15 @@ def _stage_line(timings: dict[str, float]) -> str:
 @runtime_option
 @dedupe_option
 @verify_option
+@click.option("--store", "store", default=None, metavar="STORE",
+              help="Search the dataset's persistent collection (qdrant, faiss, qdrant+http://..., see "
+                   "framesim index) instead of building an index for this run; what it lacks is indexed first.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
           top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
           score: str, whiten: bool, candidates: int, ground_truth: Path | None, runtime: str,
-          dedupe: float | None, verify_spec: str | None, no_report: bool, quiet: bool) -> None:
+          dedupe: float | None, verify_spec: str | None, store: str | None, no_report: bool, quiet: bool) -> None:
     """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
@@ -249,7 +254,7 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
                            min_score=min_score, index=index_factory, weights=_parse_weights(weights, backbones),
                            out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
                            ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates,
-                           runtime=runtime, verify=verify, **_dedupe_kwargs(dedupe))
+                           runtime=runtime, verify=verify, store=store, **_dedupe_kwargs(dedupe))
     except (BackboneError, DatasetLockedError, ValueError, OSError) as exc:
         _fatal_error(exc)
         return
@@ -412,6 +417,15 @@ def list_backbones_cmd() -> None:
 
 def main() -> None:
     cli()
+
+
+def _register_collection_commands() -> None:
+    from framesim.cli_collections import register
+
+    register(cli)
+
+
+_register_collection_commands()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,17 @@ import concurrent.futures
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from framesim.embeddings import EmbeddingCache
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from framesim.dataset import FrameDataset
 
 #: default mean absolute thumbnail difference (0..1) under which consecutive frames share a vector.
 #: Measured: a still shot with strong sensor noise through H.264 gives ~0.0006 between frames 1 s apart
@@ -128,3 +134,18 @@ def near_duplicate_runs(keys: Sequence[str], videos: Sequence[object], thumbs: d
         vector_key[key] = key
         rep_key, rep_video = key, video
     return DedupeResult(vector_key, threshold)
+
+
+def dataset_runs(ds: FrameDataset, manifest: pd.DataFrame, frames_by_key: pd.DataFrame, threshold: float,
+                 workers: int) -> DedupeResult:
+    """Which of a dataset's frames share a vector; with ``threshold <= 0`` none do.
+
+    ``frames_by_key``: the manifest rows with distinct ``sha256`` (one per pixel key)."""
+    keys = list(manifest["sha256"])
+    if threshold <= 0:
+        return DedupeResult({k: k for k in keys}, threshold)
+    path_of = dict(zip(frames_by_key["sha256"], frames_by_key["path"], strict=True))
+    thumbs = frame_thumbnails(ds.root / "embeddings", list(path_of), lambda k: ds.frame_path(path_of[k]),
+                              workers=workers)
+    video_col = "video_id" if "video_id" in manifest else "video"
+    return near_duplicate_runs(keys, list(manifest[video_col]), thumbs, threshold)

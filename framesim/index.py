@@ -77,6 +77,9 @@ class FaissIndex(Index):
         self.dim = dim
         self.factory = factory
         build, _, params = factory.partition("|")
+        if "idmap" in build.lower():  # ids are positions here; an IDMap index wants ids with every add
+            raise ValueError(f"invalid FAISS index factory string {build!r}: IDMap is not needed (framesim "
+                             "numbers the vectors itself); leave it out")
         try:
             self._index = faiss.index_factory(dim, build, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from framesim.backbones.base import Backbone, get_backbone, split_spec
+from framesim.backbones.base import Backbone, get_backbone, weights_for
+from framesim.collection import sync_collection
 from framesim.dataset import FrameDataset
-from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, DedupeResult, frame_thumbnails, near_duplicate_runs
+from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, dataset_runs
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
 from framesim.examples import Example, example_loader, examples_root, frame_loader, load_examples
 from framesim.ground_truth import label_pairs, read_ground_truth, same_video, truth_summary
@@ -51,6 +52,7 @@ from framesim.scoring import (
     score_backbone,
     search_pairs,
 )
+from framesim.stores import StoreSpec, open_store
 from framesim.verification import VerifyParams
 from framesim.verify_run import Cascade
 
@@ -106,6 +108,7 @@ def match(
     dedupe: float = DEFAULT_DEDUPE_THRESHOLD,
     verify: VerifyParams | None = None,
     cascade: Cascade | None = None,
+    store: str | StoreSpec | None = None,
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
@@ -129,6 +132,10 @@ def match(
     Frames of ``exclude_videos`` (values of the manifest's ``video`` or ``video_id``) are left out of
     the index: evaluation holds videos out to make distractors that come from no indexed video.
     With ``out_dir`` the pairs (CSV + Parquet) and ``run.json`` are written there, atomically.
+
+    ``store`` (a ``framesim.stores`` spec such as ``"qdrant"``): search the dataset's persistent
+    collection instead of building an index for this run; what it lacks is indexed first
+    (``collection.sync_collection``), so it ends up mirroring the frames searched.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
@@ -170,45 +177,55 @@ def match(
             fail(f["reason"])
         frames_by_key = manifest.drop_duplicates("sha256")
         with stage("dedupe"):
-            runs = _dedupe(ds, manifest, frames_by_key, dedupe, workers)
+            runs = dataset_runs(ds, manifest, frames_by_key, dedupe, workers)
         tables, backbone_runs = [], []
-        for spec in backbones:
-            if isinstance(spec, Backbone):
-                backbone, b_score, b_whiten = spec, score, whiten
-            else:
-                model_spec, b_score, b_whiten, suffix = parse_match_spec(spec, score, whiten)
-                with stage("model"):
-                    backbone = get_backbone(model_spec, runtime=runtime, **_weights_for(spec, weights))
-                if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
-                    backbone.name = f"{backbone.name}@{suffix}"
-            with stage("embed"):
-                cache = EmbeddingCache(ds.root / "embeddings", backbone)
-                frame_stats = embed_missing(backbone, cache, runs.representatives,
-                                            frame_loader(ds, frames_by_key, backbone.input_size),
-                                            batch_size=batch_size, progress=progress, desc="frames")
-                example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
-                                              example_loader(example_list, backbone.input_size),
-                                              batch_size=batch_size, progress=progress, desc="examples")
-            for msg in frame_stats.failures + example_stats.failures:
-                fail(msg)
-            # Frames whose image could not be read are left out of the index, not fatal.
-            has_vector = [runs.vector_key[k] in cache for k in manifest["sha256"]]
-            usable = manifest[has_vector].reset_index(drop=True)
-            usable_examples = [e for e in example_list if e.sha256 in cache]
-            t0 = time.perf_counter()
-            scored = score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
-                                    index=index, score=b_score, whiten=b_whiten, candidates=candidates,
-                                    workers=workers, fail=fail, vector_key=runs.vector_key, verify=verify,
-                                    cascade=cascade, progress=progress)
-            fitted = dict(scored.summary)
-            search_seconds = float(fitted.pop("search_seconds", 0.0))
-            verify_seconds = float(fitted.get("verify_seconds", 0.0))
-            timings["verify"] += verify_seconds
-            timings["search"] += time.perf_counter() - t0 - verify_seconds
-            tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
-            backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
-                                  "postprocess": {**postprocess_settings(b_score, b_whiten, candidates, verify,
-                                                                         cascade), **fitted}})
+        with contextlib.ExitStack() as stores:  # the collections searched, closed once the run is done
+            for spec in backbones:
+                if isinstance(spec, Backbone):
+                    backbone, b_score, b_whiten = spec, score, whiten
+                else:
+                    model_spec, b_score, b_whiten, suffix = parse_match_spec(spec, score, whiten)
+                    with stage("model"):
+                        backbone = get_backbone(model_spec, runtime=runtime, **weights_for(spec, weights))
+                    if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
+                        backbone.name = f"{backbone.name}@{suffix}"
+                with stage("embed"):
+                    cache = EmbeddingCache(ds.root / "embeddings", backbone)
+                    if store is not None:
+                        collection = stores.enter_context(open_store(store, dataset=ds.root, backbone=backbone))
+                        synced = sync_collection(collection, ds, manifest, frames_by_key, runs, backbone, cache,
+                                                 batch_size=batch_size, progress=progress)
+                        frame_stats = synced.embed or EmbedStats()
+                    else:
+                        collection = None
+                        frame_stats = embed_missing(backbone, cache, runs.representatives,
+                                                    frame_loader(ds, frames_by_key, backbone.input_size),
+                                                    batch_size=batch_size, progress=progress, desc="frames")
+                    example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
+                                                  example_loader(example_list, backbone.input_size),
+                                                  batch_size=batch_size, progress=progress, desc="examples")
+                for msg in frame_stats.failures + example_stats.failures:
+                    fail(msg)
+                # Frames whose image could not be read are left out of the index, not fatal.
+                has_vector = [runs.vector_key[k] in cache for k in manifest["sha256"]]
+                usable = manifest[has_vector].reset_index(drop=True)
+                usable_examples = [e for e in example_list if e.sha256 in cache]
+                t0 = time.perf_counter()
+                scored = score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
+                                        index=index, score=b_score, whiten=b_whiten, candidates=candidates,
+                                        workers=workers, fail=fail, vector_key=runs.vector_key, verify=verify,
+                                        cascade=cascade, progress=progress, store=collection)
+                fitted = dict(scored.summary)
+                if collection is not None:
+                    fitted["store"] = collection.info()
+                search_seconds = float(fitted.pop("search_seconds", 0.0))
+                verify_seconds = float(fitted.get("verify_seconds", 0.0))
+                timings["verify"] += verify_seconds
+                timings["search"] += time.perf_counter() - t0 - verify_seconds
+                tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
+                backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
+                                      "postprocess": {**postprocess_settings(b_score, b_whiten, candidates, verify,
+                                                                             cascade), **fitted}})
 
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRS_COLUMNS)
     truth_info = None
@@ -261,30 +278,6 @@ def parse_match_spec(spec: str, score: str = DEFAULT_SCORE, whiten: bool = DEFAU
     return model_spec, b_score, b_whiten, "+".join([b_score] + (["whiten"] if b_whiten else []))
 
 
-def _weights_for(spec: str, weights: Mapping[str, str | None] | None) -> dict[str, Any]:
-    """``weights=`` for the factory: keyed by the spec as given, without its ``@`` part, or by the name."""
-    if not weights:
-        return {}
-    model_spec = spec.partition("@")[0]
-    for key in (spec, model_spec, split_spec(model_spec)[0]):
-        if key in weights:
-            return {"weights": weights[key]}
-    return {}
-
-
-
-
-def _dedupe(ds: FrameDataset, manifest: pd.DataFrame, frames_by_key: pd.DataFrame, threshold: float,
-            workers: int) -> DedupeResult:
-    """Which frames share a vector (``framesim.dedupe``); with ``threshold <= 0`` none do."""
-    keys = list(manifest["sha256"])
-    if threshold <= 0:
-        return DedupeResult({k: k for k in keys}, threshold)
-    path_of = dict(zip(frames_by_key["sha256"], frames_by_key["path"], strict=True))
-    thumbs = frame_thumbnails(ds.root / "embeddings", list(path_of), lambda k: ds.frame_path(path_of[k]),
-                              workers=workers)
-    video_col = "video_id" if "video_id" in manifest else "video"
-    return near_duplicate_runs(keys, list(manifest[video_col]), thumbs, threshold)
 
 
 def _pairs_table(backbone: str, examples: Sequence[Example], frames: pd.DataFrame, scored: Scored) -> pd.DataFrame:

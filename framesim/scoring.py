@@ -26,6 +26,7 @@ from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPost
 from framesim.embeddings import EmbeddingCache
 from framesim.examples import Example, example_loader, frame_loader
 from framesim.index import make_index
+from framesim.stores.base import VectorStore
 from framesim.verification import VerifyParams
 from framesim.verification import describe as describe_verification
 from framesim.verify_run import Cascade, verify_pairs
@@ -94,6 +95,24 @@ def search_pairs(
 
 
 
+def store_search_pairs(store: VectorStore, frame_ids: Sequence[str], queries: np.ndarray, *, top_k: int,
+                       min_score: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``search_pairs`` over a persistent collection: the same flat arrays, frame rows being positions in
+    ``frame_ids``. Points of frames not in ``frame_ids`` (the collection holds more) are left out."""
+    from framesim.stores import point_ids
+
+    ids = point_ids(list(frame_ids))
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+    scores, found = store.search(queries, top_k)
+    pos = np.clip(np.searchsorted(sorted_ids, found), 0, max(len(ids) - 1, 0))
+    keep = (found >= 0) & (sorted_ids[pos] == found) if len(ids) else np.zeros(found.shape, bool)
+    if min_score is not None:
+        keep &= scores >= min_score
+    ex_rows = np.nonzero(keep)[0]
+    return ex_rows.astype(np.int64), order[pos[keep]].astype(np.int64), scores[keep].astype(np.float32)
+
+
 def postprocess_settings(score: str, whiten: bool, candidates: int, verify: VerifyParams | None = None,
                          cascade: Cascade | None = None) -> dict[str, Any]:
     """Every parameter of the re-scoring, for run.json (per backbone; fitted sizes are added there)."""
@@ -129,8 +148,11 @@ def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequen
                    *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
                    candidates: int, workers: int, fail: Callable[[str], None],
                    vector_key: Mapping[str, str] | None = None, verify: VerifyParams | None = None,
-                   cascade: Cascade | None = None, progress: bool = False) -> Scored:
+                   cascade: Cascade | None = None, progress: bool = False, store: VectorStore | None = None
+                   ) -> Scored:
     """Search ``frames`` for each of ``examples`` and score the candidates (module docstring).
+
+    With ``store`` (a collection holding ``frames``) candidates come from it, not from an index built now.
 
     ``summary`` gets the fitted sizes and the seconds of each stage: ``search_seconds`` (index, search,
     background) and, when verified, ``verify_seconds`` and ``verification`` (what was cached, verified
@@ -157,15 +179,21 @@ def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequen
     def train_sample(n: int) -> np.ndarray:
         return post(cache.get([vec_keys[i] for i in even_sample(len(vec_keys), n)]))
 
+    def find_candidates(k: int | None, min_score: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if store is None:
+            return search_pairs(chunks, queries, top_k=k, min_score=min_score, index=index, n_frames=len(keys),
+                                train_sample=train_sample)
+        if whitening is not None or k is None:
+            raise ValueError("a collection (--store) is searched as stored: no --whiten, and --top-k above 0")
+        return store_search_pairs(store, frames["frame_id"], queries, top_k=k, min_score=min_score)
+
     if score == "cosine":
-        ex, fr, cos = search_pairs(chunks, queries, top_k=top_k, min_score=min_score, index=index,
-                                   n_frames=len(keys), train_sample=train_sample)
+        ex, fr, cos = find_candidates(top_k, min_score)
         summary["search_seconds"] = round(time.perf_counter() - t_search, 4)
         return Scored(ex, fr, cos, cos, np.full(len(ex), -1, np.int32), summary)
 
     k = max(top_k or 0, candidates)
-    ex, fr, cos = search_pairs(chunks, queries, top_k=k, min_score=None, index=index, n_frames=len(keys),
-                               train_sample=train_sample)
+    ex, fr, cos = find_candidates(k, None)
     n = len(examples)
     if len(ex) == 0:
         empty = np.zeros(0, np.int64)

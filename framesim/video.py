@@ -21,13 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-# FFmpeg prints its own complaints ("moov atom not found") straight to stderr; framesim reports a
-# one-line error per failed video instead. Read once when OpenCV first loads FFmpeg; a value the
-# user has set wins.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-import cv2  # noqa: E402  (must come after the environment tweak above)
-import numpy as np  # noqa: E402
+import cv2  # (quiet: framesim/__init__.py sets OPENCV_FFMPEG_LOGLEVEL before any cv2 import)
+import numpy as np
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({
     ".mp4", ".m4v", ".mov", ".qt", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".mpe", ".m2v", ".vob",

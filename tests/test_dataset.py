@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 from conftest import synthetic_frame
 
-import framesim.dataset as dataset_mod
+import framesim.frame_writer as frame_writer_mod
+import framesim.video_run as video_run_mod
 from framesim.dataset import (
     MANIFEST_COLUMNS,
     DatasetLockedError,
@@ -288,16 +289,16 @@ def interrupt_at(event: str, n: int) -> Callable[[str], None]:
 def test_interrupted_run_resumes_to_the_same_result(make_video: MakeVideo, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch, options: dict,
                                                     chunk: int, event: str, n: int) -> None:
-    monkeypatch.setattr(dataset_mod, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(video_run_mod, "CHUNK_ROWS", chunk)
     video = make_video("v.mp4", n_frames=60, scene_starts=(0, 12, 20, 33, 41, 50))
     run(video, tmp_path / "full", **options)
     expected = FrameDataset(tmp_path / "full").manifest()
 
     root = tmp_path / "ds"
-    monkeypatch.setattr(dataset_mod, "_test_hook", interrupt_at(event, n))
+    monkeypatch.setattr(frame_writer_mod, "_test_hook", interrupt_at(event, n))
     with pytest.raises(Stop):
         run(video, root, **options)
-    monkeypatch.setattr(dataset_mod, "_test_hook", None)
+    monkeypatch.setattr(frame_writer_mod, "_test_hook", None)
     partial = FrameDataset(root).manifest()
     assert 0 < len(partial) < len(expected)
     state = FrameDataset(root).video_state(partial["video_id"][0])
@@ -324,9 +325,9 @@ def test_interrupted_run_resumes_to_the_same_result(make_video: MakeVideo, tmp_p
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    import framesim.dataset as d
+    import framesim.dataset as d, framesim.frame_writer as w, framesim.video_run as v
     video, root, event, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    d.CHUNK_ROWS = 10
+    v.CHUNK_ROWS = 10
     seen = 0
     def hook(name):
         global seen
@@ -334,7 +335,7 @@ CHILD = textwrap.dedent("""
             seen += 1
             if seen == n:
                 os.kill(os.getpid(), signal.SIGKILL)
-    d._test_hook = hook
+    w._test_hook = hook
     d.extract([video], root, every=2, progress=False)
 """)
 
@@ -359,10 +360,10 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(make_video: MakeVideo, 
 
 def test_failed_image_write_ends_the_run_and_the_manifest_names_only_written_images(
         make_video: MakeVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dataset_mod, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(video_run_mod, "CHUNK_ROWS", 3)
     video = make_video("v.mp4", n_frames=100)
     run(video, tmp_path / "full", every=4)
-    real_write = dataset_mod._write_frame_file
+    real_write = frame_writer_mod._write_frame_file
     images_written = 0
     count_lock = threading.Lock()  # two writer threads
 
@@ -374,11 +375,11 @@ def test_failed_image_write_ends_the_run_and_the_manifest_names_only_written_ima
             images_written += 1
         real_write(path, data)
 
-    monkeypatch.setattr(dataset_mod, "_write_frame_file", disk_fills_up)
+    monkeypatch.setattr(frame_writer_mod, "_write_frame_file", disk_fills_up)
     root = tmp_path / "ds"
     with pytest.raises(OSError, match="No space left"):
         run(video, root, every=4)
-    monkeypatch.setattr(dataset_mod, "_write_frame_file", real_write)
+    monkeypatch.setattr(frame_writer_mod, "_write_frame_file", real_write)
     ds = FrameDataset(root)
     manifest = ds.manifest()
     assert len(manifest) == 7  # two chunks of 3, then the one image written before the failure
@@ -398,8 +399,8 @@ def test_writer_backlog_is_bounded_in_bytes_as_well_as_frames(tmp_path: Path) ->
         go.wait(10)
         return np.zeros((8, 8, 3), np.uint8)
 
-    half = dataset_mod.WRITER_BACKLOG_BYTES // 2
-    with dataset_mod._FrameWriter(threads=1, backlog=8) as writer:
+    half = frame_writer_mod.WRITER_BACKLOG_BYTES // 2
+    with frame_writer_mod._FrameWriter(threads=1, backlog=8) as writer:
         writer.submit(tmp_path / "a.jpg", pixels, half)
         writer.submit(tmp_path / "b.jpg", pixels, half)
         third = threading.Thread(target=writer.submit, args=(tmp_path / "c.jpg", pixels, half))
@@ -410,7 +411,7 @@ def test_writer_backlog_is_bounded_in_bytes_as_well_as_frames(tmp_path: Path) ->
         third.join(10)
         assert not third.is_alive()
         # a frame bigger than the whole budget is still taken, alone
-        writer.submit(tmp_path / "huge.jpg", pixels, 4 * dataset_mod.WRITER_BACKLOG_BYTES).result(10)
+        writer.submit(tmp_path / "huge.jpg", pixels, 4 * frame_writer_mod.WRITER_BACKLOG_BYTES).result(10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.jpg", "c.jpg", "huge.jpg"]
 
 

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import require_ffmpeg, synthetic_frame
 
-import framesim.dataset as dataset_mod
+import framesim.frame_writer as frame_writer_mod
+import framesim.video_run as video_run_mod
 from framesim.cli import cli
 from framesim.dataset import ExtractSummary, FrameDataset, extract
 from framesim.images import load_image, pixel_sha256
@@ -187,7 +188,7 @@ class Stop(KeyboardInterrupt):
 @pytest.mark.parametrize("event", ["chunk_flushed", "frame_saved"])
 def test_interrupted_keyframe_run_resumes_to_the_same_result(make_h264: MakeH264, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch, event: str) -> None:
-    monkeypatch.setattr(dataset_mod, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(video_run_mod, "CHUNK_ROWS", 2)
     video = make_h264(n_frames=260, gop=25)
     run(video, tmp_path / "full")
     expected = FrameDataset(tmp_path / "full").manifest()
@@ -202,10 +203,10 @@ def test_interrupted_keyframe_run_resumes_to_the_same_result(make_h264: MakeH264
             raise Stop
 
     root = tmp_path / "ds"
-    monkeypatch.setattr(dataset_mod, "_test_hook", hook)
+    monkeypatch.setattr(frame_writer_mod, "_test_hook", hook)
     with pytest.raises(Stop):
         run(video, root)
-    monkeypatch.setattr(dataset_mod, "_test_hook", None)
+    monkeypatch.setattr(frame_writer_mod, "_test_hook", None)
     partial = FrameDataset(root).manifest()
     assert 0 < len(partial) < len(expected)
     assert all(FrameDataset(root).frame_path(p).is_file() for p in partial["path"])

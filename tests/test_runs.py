@@ -40,6 +40,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 CHILD = textwrap.dedent("""
     import sys
     import framesim.cli as cli, framesim.dataset as d, framesim.embeddings as e, framesim.matching as m
+    import framesim.video_run as v
     import framesim.runs as r
     import framesim.report
     exec(sys.argv[1])
@@ -170,7 +171,7 @@ def kill_when(proc: subprocess.Popen[str], progress: Callable[[], int], target: 
 @pytest.mark.slow
 def test_extract_killed_at_random_times_then_rerun_equals_uninterrupted(media: dict[str, Path],
                                                                         tmp_path: Path) -> None:
-    setup = "d.CHUNK_ROWS = 20"  # more commit points than the default 100 in a 750-frame run
+    setup = "v.CHUNK_ROWS = 20"  # more commit points than the default 100 in a 750-frame run
     full = tmp_path / "full"
     assert framesim(["extract", media["long"], "-o", full, "--every", "2", "-q"], setup)[0] == 0
     expected = FrameDataset(full).manifest()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -153,6 +154,18 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     """``"resnet50:gem+flip"`` -> ``("resnet50", "gem+flip")``; ``"resnet50"`` -> ``("resnet50", None)``."""
     name, sep, descriptor = spec.strip().partition(":")
     return name, (descriptor if sep else None)
+
+
+def weights_for(spec: str, weights: Mapping[str, str | None] | None) -> dict[str, Any]:
+    """``weights=`` for ``get_backbone``: looked up in ``weights`` by the spec as given, without its ``@...``
+    part (match's score suffix), or by the bare name; {} when none is given."""
+    if not weights:
+        return {}
+    model_spec = spec.partition("@")[0]
+    for key in (spec, model_spec, split_spec(model_spec)[0]):
+        if key in weights:
+            return {"weights": weights[key]}
+    return {}
 
 
 def get_backbone(spec: str, runtime: str = "auto", **kwargs: object) -> Backbone:
