@@ -88,7 +88,11 @@ class QdrantServerStore(VectorStore):
     def from_spec(cls, spec: Any, *, dataset: Path, backbone: Any, create: bool = True,
                   **kwargs: Any) -> QdrantServerStore:
         """Open the server collection a StoreSpec names for ``dataset`` and a Backbone (registry entry point)."""
-        from qdrant_client import QdrantClient
+        try:
+            from qdrant_client import QdrantClient
+        except ImportError:
+            raise StoreError("a Qdrant server store needs qdrant-client: pip install 'framesim[qdrant-server]'"
+                             ) from None
 
         opts = spec.options
         try:
