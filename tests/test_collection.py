@@ -237,3 +237,25 @@ def test_a_held_collection_is_refused_naming_the_holder(runner: CliRunner, datas
         holder.wait()
     res = runner.invoke(cli, ["search", str(query), "-d", str(dataset), *BB])
     assert res.exit_code == 0, res.output  # the kernel dropped the lock with the holder
+
+
+@pytest.mark.slow
+def test_the_bundled_sample_gives_the_same_answers_from_both_stores(runner: CliRunner, tmp_path: Path) -> None:
+    # The README's sample with the default backbone (real model, real video): index, search, compare.
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    ds = tmp_path / "ds"
+    assert runner.invoke(cli, ["extract", str(samples / "bikes.mp4"), "-o", str(ds), "-q"]).exit_code == 0
+    found = {}
+    for store in LOCAL_STORES:
+        res = runner.invoke(cli, ["index", "-d", str(ds), "--store", store, "-q"])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(cli, ["search", str(samples / "examples"), "-d", str(ds), "--store", store, "-k", "3",
+                                  "-o", str(tmp_path / store)])
+        assert res.exit_code == 0, res.output
+        found[store] = read_pairs(tmp_path / store)
+    assert_same_ranking(found["qdrant"], found["faiss"])
+    truth = pd.read_csv(samples / "ground_truth.csv").dropna(subset=["video"])
+    best = found["qdrant"][found["qdrant"]["rank"] == 1].set_index("example")["timestamp_s"]
+    # the best frame by cosine alone is within 1.5 s (frames are 1 s apart) of the source for most edits
+    near = [abs(best[r.example] - r.timestamp_s) <= 1.5 for r in truth.itertuples()]
+    assert sum(near) >= len(near) - 1, (best, truth)
