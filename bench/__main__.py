@@ -10,6 +10,7 @@
     python -m bench all [--quick]                                  # all of the above (~30 min; quick: a few)
     python -m bench endtoend [--quick] [--seeds 0,1,2,3]           # framesim vs the seed pipeline: speed, µAP
     python -m bench store [--sizes 20000] [--keep DIR]             # FAISS vs Qdrant Edge: ingest, open, latency, disk
+    python -m bench serve [--frames 20000] [--requests 10]         # framesim serve under 4 concurrent clients
 
 Medians of ``--repeat`` runs are printed.
 """
@@ -26,6 +27,7 @@ from bench.extract import extract
 from bench.index import index
 from bench.memory import memory
 from bench.pipeline import make_video, pipeline
+from bench.serve import serve
 from bench.store import store
 from bench.verify import verify
 
@@ -65,6 +67,7 @@ main.add_command(memory)
 main.add_command(pipeline)
 main.add_command(endtoend)
 main.add_command(store)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -421,8 +421,10 @@ def main() -> None:
 
 def _register_collection_commands() -> None:
     from framesim.cli_collections import register
+    from framesim.cli_serve import register as register_serve
 
     register(cli)
+    register_serve(cli)
 
 
 _register_collection_commands()
