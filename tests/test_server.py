@@ -192,6 +192,20 @@ def test_health_and_stats(client: httpx.Client, world: World) -> None:
     assert bb["store"]["backend"] == "qdrant" and bb["store"]["count"] == 30
 
 
+def test_the_api_is_described_at_openapi_json_and_docs(client: httpx.Client) -> None:
+    spec = ok_json(client.get("/openapi.json"))
+    upload = spec["paths"]["/api/search"]["post"]
+    fields = upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"file", "top_k", "min_score", "backbone", "video"} <= set(fields) and fields["file"]["format"] == "binary"
+    by_frame = {p["name"] for p in spec["paths"]["/api/search"]["get"]["parameters"]}
+    assert {"frame_id", "top_k", "video"} <= by_frame
+    assert {"/api/health", "/api/stats", "/frames/{frame_id}", "/videos/{video_id}"} <= set(spec["paths"])
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text and "cdn" not in docs.text.lower()
+    assert "script-src 'self'" in docs.headers["content-security-policy"]
+    assert client.get("/static/docs.js").status_code == 200
+
+
 def test_every_response_has_the_security_headers(client: httpx.Client) -> None:
     for path in ("/api/health", "/api/stats", "/", "/nope", "/frames/nope"):
         r = client.get(path)

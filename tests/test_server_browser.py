@@ -465,3 +465,14 @@ def test_unplayable_video_and_errors(watched: Watched, server: Server) -> None:
     assert "<i>notes</i>.txt" in (page.text_content("#message") or "")
     # Chromium logs the refused upload's 4xx itself; nothing else may reach the console
     assert_clean(w, allow=r"Failed to load resource: the server responded with a status of 4\d\d")
+
+
+def test_the_api_docs_page_renders_offline(watched: Watched, server: Server) -> None:
+    page = watched.page
+    page.goto(server.url.rstrip("/") + "/docs")
+    page.wait_for_selector(".route")
+    titles = page.eval_on_selector_all(".route h2", "hs => hs.map(h => h.textContent)")
+    assert any("POST /api/search" in t for t in titles) and any("GET /api/search" in t for t in titles)
+    fields = page.eval_on_selector_all(".route td code", "cs => cs.map(c => c.textContent)")
+    assert "file *" in fields and "frame_id *" in fields
+    assert not watched.console_errors and not watched.page_errors and not watched.dialogs

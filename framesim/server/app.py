@@ -31,10 +31,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from framesim import __version__
 from framesim.backbones.base import Backbone, get_backbone, weights_for
 from framesim.dataset import FrameDataset
 from framesim.extraction import video_fingerprint
-from framesim.server import safety
+from framesim.server import openapi, safety
 from framesim.server.batching import QueryBatcher
 from framesim.stores import StoreError, VectorStore, collection_folder, open_store, parse_store
 from framesim.stores.base import MANIFEST_NAME
@@ -275,7 +276,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         yield
         state.close()  # releases the collections' locks (framesim index may run again)
 
-    app = FastAPI(title="framesim", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="framesim", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json", version=__version__,
+                  description="Search a frame dataset's collections by picture. See CONTRACT.md for the limits.")
     app.state.framesim = state
     app.add_middleware(safety.GuardMiddleware, token=config.token, host=config.host)
 
@@ -293,10 +296,12 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
+        """Up, with how many frames and which backbones (needs no token)."""
         return {"status": "ok", "frames": len(state.frames), "backbones": list(state.served)}
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
+        """The dataset's videos and frames, and each backbone's collection."""
         backbones = []
         for name, served in state.served.items():
             with served.lock:
@@ -305,8 +310,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         return {"dataset": str(config.dataset), "frames": len(state.frames), "videos": state.video_stats,
                 "backbones": backbones}
 
-    @app.post("/api/search")
+    @app.post("/api/search", openapi_extra=openapi.UPLOAD_SEARCH)
     async def search_upload(request: Request) -> dict[str, Any]:
+        """The frames nearest an uploaded picture, best first."""
         form = await safety.read_form(request, state.max_bytes)
         try:
             served, params = state.params(form.getlist)
@@ -324,8 +330,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         return await state.gate.run(lambda: state.search(
             served, lambda: safety.decode_upload(data, fmt, size), params, query))
 
-    @app.get("/api/search")
+    @app.get("/api/search", openapi_extra=openapi.FRAME_SEARCH)
     async def search_frame(request: Request) -> dict[str, Any]:
+        """The frames nearest a frame of the dataset, best first."""
         served, params = state.params(request.query_params.getlist)
         given = request.query_params.getlist("frame_id")
         if len(given) != 1:
@@ -342,6 +349,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.api_route("/frames/{frame_id:path}", methods=["GET", "HEAD"])
     def frame(frame_id: str) -> Response:
+        """A frame's image (only frames the manifest names)."""
         path = state.frame_file(frame_id)
         if path is None:
             raise safety.client_error(404, "no such frame")
@@ -350,11 +358,18 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.api_route("/videos/{video_id}", methods=["GET", "HEAD"])
     def video(video_id: str) -> Response:
+        """A video file, with HTTP Range (only when its content id matches the manifest's)."""
         path = state.video_file(video_id)
         if path is None:
             raise safety.client_error(404, "no such video (or its file was not found)")
         # FileResponse answers Range requests itself (206, Content-Range; 416 when unsatisfiable)
         return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        # Swagger UI loads from a CDN, which neither the offline rule nor the CSP allows: our own page
+        # renders /openapi.json instead
+        return FileResponse(static / "docs.html", media_type="text/html")
 
     @app.get("/login")
     def login(token: str = "") -> Response:
