@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -172,3 +173,10 @@ def exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(runtime, "_export_onnx", counting)
     return done
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

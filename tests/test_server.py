@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,12 +83,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         index(ds, ["tiny-image"], store=store, progress=False, dedupe=0)
     manifest = pd.read_parquet(ds / "manifest.parquet")
     return World(root, ds, manifest, str(a), str(b))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import pytest
-from conftest import require_ffmpeg, synthetic_frame
+from conftest import free_port, require_ffmpeg, synthetic_frame
 from test_report_browser import find_chromium
 
 from framesim.collection import index
@@ -90,12 +89,6 @@ def query_jpeg(video: str, at_s: float) -> bytes:
 def scene_span(at_s: float) -> tuple[float, float]:
     start = SCENE_S * (at_s // SCENE_S)
     return start, start + SCENE_S
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
