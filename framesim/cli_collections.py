@@ -8,10 +8,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from framesim.cli import EXIT_PARTIAL, _error, _fatal, _fatal_error, _parse_weights, dedupe_option, runtime_option
+
+if TYPE_CHECKING:
+    from framesim.collection import SearchResult
+    from framesim.stores import VectorStore
 
 store_option = click.option(
     "--store", "store", default=None, metavar="STORE", envvar="FRAMESIM_STORE",
@@ -28,7 +33,7 @@ weights_option = click.option("--weights", multiple=True,
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
 
-def _backbone_option(multiple: bool) -> click.Option:  # type: ignore[type-arg]
+def _backbone_option(multiple: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
     return click.option("-b", "--backbone", "backbones" if multiple else "backbone", multiple=multiple,
                         default=None if multiple else "efficientnet-lite0", show_default=not multiple,
                         help="Backbone spec NAME[:DESCRIPTOR]" + ("; repeat for several [default: "
@@ -138,19 +143,18 @@ def search_cmd(images: tuple[Path, ...], dataset: Path, backbone: str, store: st
         sys.exit(EXIT_PARTIAL)
 
 
-def _write_search_run(out: Path, result: object, dataset: Path, backbone: str, top_k: int) -> None:
+def _write_search_run(out: Path, result: SearchResult, dataset: Path, backbone: str, top_k: int) -> None:
     import datetime as dt
 
     from framesim.runs import EXTRA_COLUMNS, PAIRS_COLUMNS, RUN_FORMAT, RUN_VERSION, write_run
 
-    pairs = result.pairs  # type: ignore[attr-defined]
+    pairs = result.pairs
     run = {"format": RUN_FORMAT, "version": RUN_VERSION, "command": "search",
            "created": dt.datetime.now().isoformat(timespec="seconds"), "dataset": str(dataset.resolve()),
-           "examples": [e.name for e in result.examples],  # type: ignore[attr-defined]
-           "failed_examples": result.failures, "n_examples": len(result.examples),  # type: ignore[attr-defined]
-           "top_k": top_k, "min_score": None, "store": result.store,  # type: ignore[attr-defined]
+           "examples": [e.name for e in result.examples], "failed_examples": result.failures,
+           "n_examples": len(result.examples), "top_k": top_k, "min_score": None, "store": result.store,
            "postprocess": {"score": "cosine"},
-           "backbones": [{"name": backbone, "spec": backbone, "dim": result.store["dim"]}]}  # type: ignore[attr-defined]
+           "backbones": [{"name": backbone, "spec": backbone, "dim": result.store["dim"]}]}
     try:
         write_run(out, pairs[PAIRS_COLUMNS + EXTRA_COLUMNS], run)
     except OSError as exc:
@@ -174,7 +178,7 @@ def store_info(dataset: Path, backbone: str, store: str | None, weights: tuple[s
         _fatal_error(exc)
 
 
-def _open(dataset: Path, backbone: str, store: str | None, weights: tuple[str, ...], create: bool):  # type: ignore[no-untyped-def]
+def _open(dataset: Path, backbone: str, store: str | None, weights: tuple[str, ...], create: bool) -> VectorStore:
     """Open ``store`` for ``backbone`` (its model is not loaded: only its spec, weights and dim matter)."""
     from framesim.backbones.base import get_backbone, weights_for
     from framesim.stores import open_store
