@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -147,16 +148,22 @@ def load_image(path: str | os.PathLike[str], min_side: int | None = None,
     path = Path(path)
     try:
         with open(path, "rb") as f:  # open() copes with any file name (spaces, unicode, a leading dash)
-            head = f.read(_HEAD)
-            fmt = image_format(head)
-            if fmt is None and not head.startswith(_OTHER_OPENCV_SIGNATURES):
-                if not head:
-                    raise ImageError(f"{path}: empty file")
-                raise ImageError(f"{path}: not an image ({_looks_like(head)})")
+            _check_head(f.read(_HEAD), path)  # before reading all of a video named .png
             f.seek(0)
             data = np.fromfile(f, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return decode_image(data, path, min_side, min_long_side, gif_file=path)
+
+
+def decode_image(data: bytes | np.ndarray, name: str | os.PathLike[str], min_side: int | None = None,
+                 min_long_side: int | None = None, gif_file: Path | None = None) -> np.ndarray:
+    """``load_image`` for bytes already in memory (an upload); errors name ``name``. ``gif_file``: the
+    file the bytes came from, for the FFmpeg fallback of an OpenCV without a GIF codec (else a temp file)."""
+    path = name  # what the messages call it
+    data = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray | memoryview) else data
+    head = data[:_HEAD].tobytes()
+    fmt = _check_head(head, path)
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
     size = declared_size(data)
@@ -183,7 +190,7 @@ def load_image(path: str | os.PathLike[str], min_side: int | None = None,
         flag = cv2.IMREAD_UNCHANGED  # keeps the transparent index as alpha 0; OpenCV decodes the first frame
     decoded = cv2.imdecode(data, flag)
     if decoded is None and fmt == "GIF":  # an OpenCV built without its GIF codec: FFmpeg reads the first frame
-        decoded = _load_gif_first_frame(path)
+        decoded = _load_gif_first_frame(data, gif_file)
     if decoded is None:
         if fmt is None:
             raise ImageError(f"{path}: not an image ({_looks_like(head)})")
@@ -199,7 +206,7 @@ def load_image(path: str | os.PathLike[str], min_side: int | None = None,
         raise ImageError(f"{path}: {exc}") from exc
 
 
-def _check_jpeg_complete(path: Path, data: np.ndarray) -> None:
+def _check_jpeg_complete(path: str | os.PathLike[str], data: np.ndarray) -> None:
     """Refuse a JPEG cut off before its end-of-image marker (FFD9) after the first scan starts.
 
     OpenCV 5 returns None for one (4.x returned the image with its missing part grey and only a
@@ -230,7 +237,7 @@ def _check_jpeg_complete(path: Path, data: np.ndarray) -> None:
         raise ImageError(f"{path}: truncated JPEG (ends before its end-of-image marker)")
 
 
-def _png_info(path: Path, data: np.ndarray) -> tuple[bool, bytes | None]:
+def _png_info(path: str | os.PathLike[str], data: np.ndarray) -> tuple[bool, bytes | None]:
     """(whether the PNG has an alpha channel or a tRNS transparency chunk, its eXIf block or None).
 
     Walks the chunks (a few hundred at most: cheap); a PNG that ends before its IEND chunk is refused
@@ -342,14 +349,32 @@ def _unchanged_to_rgb(img: np.ndarray) -> np.ndarray:
     return ((colour * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
-def _load_gif_first_frame(path: Path) -> np.ndarray | None:
-    """The first frame (BGR) of a GIF through FFmpeg, or None."""
+def _load_gif_first_frame(data: np.ndarray, path: Path | None) -> np.ndarray | None:
+    """The first frame (BGR) of a GIF through FFmpeg (which reads files: bytes go through a temp file), or None."""
+    if path is None:
+        fd, tmp = tempfile.mkstemp(suffix=".gif")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.tobytes())
+            return _load_gif_first_frame(data, Path(tmp))
+        finally:
+            os.unlink(tmp)
     cap = cv2.VideoCapture(str(path))
     try:
         ok, bgr = cap.read()
     finally:
         cap.release()
     return bgr if ok else None
+
+
+def _check_head(head: bytes, path: str | os.PathLike[str]) -> str | None:
+    """The format told by the first bytes; ImageError when they are no image OpenCV could read."""
+    fmt = image_format(head)
+    if fmt is None and not head.startswith(_OTHER_OPENCV_SIGNATURES):
+        if not head:
+            raise ImageError(f"{path}: empty file")
+        raise ImageError(f"{path}: not an image ({_looks_like(head)})")
+    return fmt
 
 
 def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

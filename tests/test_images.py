@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import without_file_override
+from conftest import textured_image, without_file_override
 from PIL import Image
 
 from framesim._io import _umask
@@ -419,3 +419,18 @@ def test_multi_page_tiff_gives_its_first_page(tmp_path: Path) -> None:
     pages = [Image.new("RGB", (10, 6), c) for c in _FRAME_COLOURS]
     data = _pil_bytes(pages[0], "TIFF", save_all=True, append_images=pages[1:])
     assert load_image(_write(tmp_path, "pages.tif", data)).reshape(-1, 3).tolist() == [list(_FRAME_COLOURS[0])] * 60
+
+
+def test_decode_image_gives_the_pixels_load_image_gives(tmp_path: Path) -> None:
+    # the server decodes uploads in memory: same pixels as the file on disk, errors naming the upload
+    from framesim.images import decode_image
+
+    rgb = textured_image(3)
+    for name in ("a.jpg", "a.png"):
+        path = tmp_path / name
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        for min_side in (None, 64):
+            assert np.array_equal(decode_image(path.read_bytes(), name, min_side=min_side),
+                                  load_image(path, min_side=min_side))
+    with pytest.raises(ImageError, match=r"^upload\.png: not an image"):
+        decode_image(b"hello, not a picture", "upload.png")

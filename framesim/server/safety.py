@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from framesim.images import ImageError, _looks_like, declared_size, image_format, load_image
+from framesim.images import ImageError, _looks_like, declared_size, decode_image, image_format, load_image
 
 log = logging.getLogger("framesim.server")
 
@@ -274,19 +273,13 @@ def _gif_first_frame_extent(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_upload(data: bytes, fmt: str, min_side: int, name: str = "file") -> np.ndarray:
-    """RGB pixels of a checked upload, decoded as ``framesim search`` decodes a file (images.load_image,
+    """RGB pixels of a checked upload, decoded as ``framesim search`` decodes a file (``images.decode_image``,
     JPEGs at a reduced DCT scale), so a query gives the same vector here as on the command line."""
-    suffix = {"JPEG": ".jpg", "PNG": ".png", "WebP": ".webp", "GIF": ".gif", "BMP": ".bmp"}[fmt]
-    fd, tmp = tempfile.mkstemp(prefix="framesim-query-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return load_image(tmp, min_side=min_side)
+        return decode_image(data, name, min_side=min_side)
     except ImageError as exc:
-        reason = str(exc).removeprefix(f"{tmp}: ")  # the temporary file's name means nothing to the client
+        reason = str(exc).removeprefix(f"{name}: ")
         raise client_error(413 if "pixel limit" in reason else 422, f"{name}: {reason}") from None
-    finally:
-        os.unlink(tmp)
 
 
 def load_frame(path: Path, min_side: int, frame_id: str) -> np.ndarray:
