@@ -105,20 +105,22 @@ def sync_collection(collection: VectorStore, ds: FrameDataset, manifest: pd.Data
     if len(stale):
         collection.delete(stale)
         summary.removed = len(stale)
-    todo = manifest[~np.isin(ids, present)]
+    missing = ~np.isin(ids, present)
+    todo, todo_ids = manifest[missing], ids[missing]
     summary.present = len(manifest) - len(todo)
     needed = [runs.vector_key[k] for k in todo["sha256"]]
     summary.embed = embed_missing(backbone, cache, needed, frame_loader(ds, frames_by_key, backbone.input_size),
                                   batch_size=batch_size, progress=progress, desc="frames")
     summary.failures = list(summary.embed.failures)
-    todo = todo[[k in cache for k in needed]]  # frames whose image could not be read stay out
+    readable = np.array([k in cache for k in needed], bool)  # frames whose image could not be read stay out
+    todo, todo_ids = todo[readable], todo_ids[readable]
     bar = tqdm(total=len(todo), desc=f"index [{backbone.name}]", unit="pt", disable=not progress or not len(todo),
                file=sys.stderr, dynamic_ncols=True)
     last_flush = time.monotonic()
     for start in range(0, len(todo), UPSERT_CHUNK):
         rows = todo.iloc[start:start + UPSERT_CHUNK]
         vectors = cache.get([runs.vector_key[k] for k in rows["sha256"]])
-        collection.upsert(point_ids(list(rows["frame_id"])), vectors, rows)
+        collection.upsert(todo_ids[start:start + UPSERT_CHUNK], vectors, rows)
         summary.added += len(rows)
         bar.update(len(rows))
         if time.monotonic() - last_flush >= FLUSH_SECONDS:
