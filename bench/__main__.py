@@ -11,6 +11,7 @@
     python -m bench endtoend [--quick] [--seeds 0,1,2,3]           # framesim vs the seed pipeline: speed, µAP
     python -m bench store [--sizes 20000] [--keep DIR]             # FAISS vs Qdrant Edge: ingest, open, latency, disk
     python -m bench serve [--frames 20000] [--requests 10]         # framesim serve under 4 concurrent clients
+    python -m bench selfjoin [--n 1000000] [--keep DIR]            # kNN self-join: time, peak RSS, recall
 
 Medians of ``--repeat`` runs are printed.
 """
@@ -27,6 +28,7 @@ from bench.extract import extract
 from bench.index import index
 from bench.memory import memory
 from bench.pipeline import make_video, pipeline
+from bench.selfjoin import selfjoin
 from bench.serve import serve
 from bench.store import store
 from bench.verify import verify
@@ -68,6 +70,7 @@ main.add_command(pipeline)
 main.add_command(endtoend)
 main.add_command(store)
 main.add_command(serve)
+main.add_command(selfjoin)
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,13 @@
 
 The public API (the ``framesim`` command is a thin layer over it)::
 
-    from framesim import extract, index, match, search, write_report
+    from framesim import extract, find_duplicates, index, match, search, write_report
     extract(["videos/"], "dataset", fps=1)
     result = match("examples/", "dataset", ["efficientnet-lite0", "resnet50"], out_dir="reports/run1")
     write_report(result.out_dir)
     index("dataset")                                  # a persistent collection (Qdrant Edge)
     hits = search("screenshot.png", "dataset").pairs  # answered from it
+    dups = find_duplicates("dataset", out_dir="reports/dups")  # frame pairs, groups, copied segments
 
 Heavy modules (TensorFlow, FAISS, Plotly) load only when first used.
 """
@@ -48,6 +49,9 @@ _EXPORTS = {
     "open_store": "framesim.stores",
     "register_store": "framesim.stores",
     "StoreError": "framesim.stores",
+    "find_duplicates": "framesim.duplicates",
+    "DuplicatesResult": "framesim.duplicates",
+    "SEGMENT_COLUMNS": "framesim.duplicates",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

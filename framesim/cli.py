@@ -293,11 +293,16 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: RUN_DIR/report.html].")
 def report(run_dir: Path, out: Path | None) -> None:
-    """Rebuild the HTML comparison report of a match run."""
+    """Rebuild the HTML report of a match run (or of a `framesim duplicates` folder)."""
     from framesim.matching import recover_run
     from framesim.report import write_report
 
     try:
+        if (run_dir / "duplicates.json").exists():
+            from framesim.report.duplicates import write_duplicates_report
+
+            click.echo(write_duplicates_report(run_dir, out))
+            return
         recover_run(run_dir)  # a match killed while writing its files: finish or undo that first
         click.echo(write_report(run_dir, out))
     except OSError as exc:
@@ -337,12 +342,19 @@ def report(run_dir: Path, out: Path | None) -> None:
 @dedupe_option
 @verify_option
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option("--segments", is_flag=True,
+              help="Score copied-segment detection (framesim duplicates) instead: query videos compiled from "
+                   "filler and edited 2-8 s spans of the dataset's videos, sampled at 2 fps.")
+@click.option("--filler", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="With --segments: images or videos from no indexed video for the queries' filler "
+                   "[default: about a third of the videos, held out]; repeatable.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
              distractor_share: float | None, distractors: Path | None, edits: str | None, from_frames: bool,
              seed: int, top_k: int,
              weights: tuple[str, ...], out: Path | None, runtime: str, dedupe: float | None,
-             verify_spec: str | None, no_report: bool, quiet: bool) -> None:
+             verify_spec: str | None, no_report: bool, segments: bool, filler: tuple[Path, ...],
+             quiet: bool) -> None:
     """Score backbones on a copy-detection benchmark built from DATASET's own videos.
 
     Frames are cut from the videos and edited the way re-uploads are (crops, re-encoding, captions,
@@ -358,6 +370,14 @@ def evaluate(dataset: Path, backbones: tuple[str, ...], n_examples: int,
     from framesim.matching import DEFAULT_BACKBONE
 
     backbones = tuple(dict.fromkeys(backbones or (DEFAULT_BACKBONE,)))
+    if segments:
+        from framesim.cli_duplicates import evaluate_segments
+
+        if len(backbones) > 1:
+            raise click.UsageError("--segments evaluates one backbone at a time")
+        evaluate_segments(dataset, backbones[0], out or default_eval_dir(), filler=filler, seed=seed,
+                          weights=weights, runtime=runtime, quiet=quiet)
+        return
     verify = _verify_params(verify_spec)
     edit_names = [e.strip() for e in edits.split(",") if e.strip()] if edits is not None else None
     out = out or default_eval_dir()
@@ -421,10 +441,12 @@ def main() -> None:
 
 def _register_collection_commands() -> None:
     from framesim.cli_collections import register
+    from framesim.cli_duplicates import register as register_duplicates
     from framesim.cli_serve import register as register_serve
 
     register(cli)
     register_serve(cli)
+    register_duplicates(cli)
 
 
 _register_collection_commands()

@@ -8,6 +8,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -180,3 +181,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium under Playwright, for the page tests (skipped without it unless
+    FRAMESIM_REQUIRE_BROWSER=1, as in CI)."""
+    from test_report_browser import find_chromium
+
+    required = os.environ.get("FRAMESIM_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            pytest.fail("FRAMESIM_REQUIRE_BROWSER=1 but the playwright package is missing (pip install playwright)")
+        pytest.skip("the playwright package is not installed")
+    exe = find_chromium()
+    if exe is None:
+        if required:
+            pytest.fail("FRAMESIM_REQUIRE_BROWSER=1 but no Chromium found (apt-get install -y chromium)")
+        pytest.skip("headless Chromium not installed (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu", "--mute-audio"])
+        except PlaywrightError as exc:
+            if required:
+                pytest.fail(f"FRAMESIM_REQUIRE_BROWSER=1 but Chromium ({exe}) did not start: {exc}")
+            pytest.skip(f"Chromium ({exe}) did not start under Playwright: {exc}")
+        yield b
+        b.close()

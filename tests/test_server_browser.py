@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import pytest
 from conftest import free_port, require_ffmpeg, synthetic_frame
-from test_report_browser import find_chromium
 
 from framesim.collection import index
 from framesim.dataset import FrameDataset
@@ -146,32 +144,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.kill()
             proc.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    required = os.environ.get("FRAMESIM_REQUIRE_BROWSER") == "1"
-    try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("FRAMESIM_REQUIRE_BROWSER=1 but the playwright package is missing (pip install playwright)")
-        pytest.skip("the playwright package is not installed")
-    exe = find_chromium()
-    if exe is None:
-        if required:
-            pytest.fail("FRAMESIM_REQUIRE_BROWSER=1 but no Chromium found (apt-get install -y chromium)")
-        pytest.skip("headless Chromium not installed (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu", "--mute-audio"])
-        except PlaywrightError as exc:
-            if required:
-                pytest.fail(f"FRAMESIM_REQUIRE_BROWSER=1 but Chromium ({exe}) did not start: {exc}")
-            pytest.skip(f"Chromium ({exe}) did not start under Playwright: {exc}")
-        yield b
-        b.close()
 
 
 @dataclass

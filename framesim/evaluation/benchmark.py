@@ -118,6 +118,17 @@ class _Pick:
 # ------------------------------------------------------------------------------ planning
 
 
+def dataset_videos(dataset: str | os.PathLike[str]) -> tuple[FrameDataset, pd.DataFrame, pd.DataFrame]:
+    """The dataset, its manifest (rows 0..n-1) and ``_videos`` of it; ValueError if it has no frames."""
+    ds = FrameDataset(dataset)
+    with ds.lock():
+        manifest = ds.manifest()
+    if manifest.empty:
+        raise ValueError(f"{ds.root}: the dataset has no frames; run `framesim extract` first")
+    manifest = manifest.reset_index(drop=True)
+    return ds, manifest, _videos(manifest)
+
+
 def _videos(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per video_id in manifest order: video, n_frames, pixels."""
     g = manifest.groupby("video_id", sort=False)
@@ -125,6 +136,16 @@ def _videos(manifest: pd.DataFrame) -> pd.DataFrame:
                         "pixels": g["width"].first() * g["height"].first()})
     out["order"] = np.arange(len(out))
     return out
+
+
+def grey_thumbnail(rgb: np.ndarray) -> np.ndarray | None:
+    """Zero-mean, unit-norm 16x16 grey thumbnail (cosine of two compares their structure), or None for a
+    flat frame (black, or std below ~3 grey levels), which has no structure to compare."""
+    grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (DUPLICATE_THUMB, DUPLICATE_THUMB),
+                      interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    grey -= grey.mean()
+    norm = float(np.linalg.norm(grey))
+    return None if norm < 3.0 * DUPLICATE_THUMB else grey / norm
 
 
 def duplicate_videos(ds: FrameDataset, manifest: pd.DataFrame, *, frames_per_video: int = DUPLICATE_FRAMES,
@@ -146,13 +167,10 @@ def duplicate_videos(ds: FrameDataset, manifest: pd.DataFrame, *, frames_per_vid
                 rgb = load_image(ds.frame_path(str(rel)))
             except (ImageError, ValueError):
                 continue
-            grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (DUPLICATE_THUMB, DUPLICATE_THUMB),
-                              interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-            grey -= grey.mean()
-            norm = float(np.linalg.norm(grey))
-            if norm < 3.0 * DUPLICATE_THUMB:  # std below ~3 grey levels: black or flat frame
+            thumb = grey_thumbnail(rgb)
+            if thumb is None:
                 continue
-            thumbs.append(grey / norm)
+            thumbs.append(thumb)
             owner.append(str(vid))
     if not thumbs:
         return {}
@@ -329,13 +347,7 @@ def build_benchmark(dataset: str | os.PathLike[str], out_dir: str | os.PathLike[
     seed, n_examples = int(seed), int(n_examples)
     edit_list = get_edits(edits)
     edit_names = [e.name for e in edit_list]
-    ds = FrameDataset(dataset)
-    with ds.lock():
-        manifest = ds.manifest()
-    if manifest.empty:
-        raise ValueError(f"{ds.root}: the dataset has no frames; run `framesim extract` first")
-    manifest = manifest.reset_index(drop=True)
-    videos = _videos(manifest)
+    ds, manifest, videos = dataset_videos(dataset)
     rng = np.random.default_rng([seed, 0])
 
     duplicates = duplicate_videos(ds, manifest)

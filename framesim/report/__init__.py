@@ -18,6 +18,7 @@ from typing import Literal
 from framesim._io import write_bytes
 from framesim.report.build import ReportOptions, build_page
 from framesim.report.data import RunData, RunError, format_timestamp, load_run
+from framesim.report.duplicates import write_duplicates_report as write_duplicates_report
 from framesim.report.html import render_page
 from framesim.report.threshold import Threshold, otsu_threshold
 
