@@ -145,12 +145,13 @@ def test_page_escapes_names_and_embeds_thumbnails(dup: Fixture) -> None:
 
 
 def test_thumbnails_show_the_start_middle_and_end_frames_on_both_sides(dup: Fixture) -> None:
-    """Segment 0 maps A 0.4..2.4 s onto B 1.4..3.4 s: the thumbnails' captions are those moments."""
+    """Segment 0 maps A 0.4..2.4 s onto B 1.4..3.4 s: the thumbnails' captions are those moments (the end
+    is exclusive, the last matched frame's time plus a step: its thumbnail is the frame before, 2.2 s)."""
     page = render_duplicates_report(dup.out_dir)
     card = re.search(r'<article class="seg"[^>]*data-segment="0">(.*?)</article>', page, re.S).group(1)
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", card)
-    assert captions == ["00:00:00.400", "00:00:01.400", "00:00:02.400", "00:00:01.400", "00:00:02.400",
-                        "00:00:03.400"]
+    assert captions == ["00:00:00.400", "00:00:01.400", "00:00:02.200", "00:00:01.400", "00:00:02.400",
+                        "00:00:03.200"]
     # the timelines: video A is 4 s long (last frame 3.8 s + one 0.2 s step), so its span starts at 10 %
     assert 'class="hl-a" x="100.0"' in card and card.count('class="link"') == 11
 
@@ -269,7 +270,7 @@ _ORDER = "() => [...document.querySelectorAll('#seg-list article.seg')].map(a =>
 @pytest.mark.browser
 @pytest.mark.slow
 def test_report_in_chromium(browser: Browser, dup: Fixture) -> None:
-    FrameDataset(dup.dataset).frame_path(dup.frame_at(THIRD, 3.0).path).unlink()  # segment 2's A end
+    FrameDataset(dup.dataset).frame_path(dup.frame_at(THIRD, 2.8).path).unlink()  # segment 2's A end
     o = open_report(browser, write_duplicates_report(dup.out_dir))
     page = o.page
     assert page.locator("article.seg").count() == 4

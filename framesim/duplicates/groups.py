@@ -19,9 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from framesim.duplicates.files import GROUP_COLUMNS
 from framesim.duplicates.selfjoin import FramePairs
-
-GROUP_COLUMNS = ["group", "frame_id", "video", "timestamp_s", "representative", "size"]
 
 
 def frame_groups(pairs: FramePairs, n: int, *, min_score: float) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from framesim.duplicates.files import SEGMENT_COLUMNS as CONTRACT_COLUMNS
 from framesim.duplicates.segments_tn import (
     TIME_EPS_S,
     AlignParams,
@@ -45,8 +46,8 @@ from framesim.duplicates.segments_tn import (
     trimmed_run,
 )
 
-SEGMENT_COLUMNS: list[str] = ["video_a", "start_a", "end_a", "video_b", "start_b", "end_b", "score", "n_frames",
-                              "offset_s", "segment"]
+#: the segments contract (``files.SEGMENT_COLUMNS``) and the segment's id, which ``evidence`` refers to
+SEGMENT_COLUMNS: list[str] = [*CONTRACT_COLUMNS, "segment"]
 EVIDENCE_COLUMNS: list[str] = ["segment", "i", "j", "score"]
 METHODS = ("tn", "vote")
 

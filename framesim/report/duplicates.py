@@ -136,11 +136,12 @@ class _Frames:
             return None
 
     def nearest(self, video: str, t: float, lo: float, hi: float) -> tuple[str | None, float]:
-        """The frame of ``video`` nearest to ``t`` among those in [lo, hi] (any frame if none is)."""
+        """The frame of ``video`` nearest to ``t`` among those in [lo, hi) (any frame if none is): a segment's
+        end is its last matched frame's time plus a sampling step, so the frame at ``hi`` is past it."""
         times = self.times.get(video)
         if times is None or not len(times):
             return None, t
-        i0, i1 = np.searchsorted(times, lo - 1e-6, "left"), np.searchsorted(times, hi + 1e-6, "right")
+        i0, i1 = np.searchsorted(times, lo - 1e-6, "left"), np.searchsorted(times, hi - 1e-6, "left")
         if i1 <= i0:
             i0, i1 = 0, len(times)
         j = i0 + int(np.argmin(np.abs(times[i0:i1] - t)))
