@@ -42,7 +42,8 @@ def _errors() -> tuple[type[Exception], ...]:
 @click.option("--method", type=click.Choice(["tn", "vote"]), default=None,
               help="Temporal alignment: tn (temporal network, default) or vote (offset voting).")
 @click.option("--index", "index", default="auto", show_default=True,
-              help="FAISS factory string for the self-join (auto: exact up to 200k frames, then IVF).")
+              help="FAISS factory string for the self-join (auto: exact up to 50k frames, then PCA + IVF with "
+                   "exact re-scoring).")
 @click.option("--no-verify", is_flag=True, help="Do not check thin segments with local features.")
 @click.option("--exclude", multiple=True, help="Leave this video out (path as in the manifest); repeatable.")
 @click.option("--weights", multiple=True, help="Weights file for the backbone (FILE=none for random weights).")

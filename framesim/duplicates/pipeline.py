@@ -234,7 +234,8 @@ def _frame_pairs_table(frames: pd.DataFrame, i: np.ndarray, j: np.ndarray, score
 def summary_lines(result: DuplicatesResult, top: int = 10) -> list[str]:
     """A few lines for the terminal: counts, then the best segments."""
     c = result.info["counts"]
-    lines = [f"{c['frames']} frames of {c['videos']} videos: {c['frame_pairs']} near-duplicate frame pairs, "
+    videos = f"{c['videos']} video{'' if c['videos'] == 1 else 's'}"
+    lines = [f"{c['frames']} frames of {videos}: {c['frame_pairs']} near-duplicate frame pairs, "
              f"{c['groups']} groups, {c['segments']} copied segment{'' if c['segments'] == 1 else 's'}"]
     for row in result.segments.head(top).itertuples():
         lines.append(f"  {row.score:.3f}  {row.video_a} {row.start_a:.2f}-{row.end_a:.2f} s  <->  {row.video_b} "
