@@ -344,7 +344,8 @@ def report(run_dir: Path, out: Path | None) -> None:
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--segments", is_flag=True,
               help="Score copied-segment detection (framesim duplicates) instead: query videos compiled from "
-                   "filler and edited 2-8 s spans of the dataset's videos, sampled at 2 fps.")
+                   "filler and edited 2-8 s spans of the dataset's videos, sampled at 2 fps (uses -b, --seed, "
+                   "--weights, --runtime, -o, -q; the frame-benchmark options do not apply).")
 @click.option("--filler", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="With --segments: images or videos from no indexed video for the queries' filler "
                    "[default: about a third of the videos, held out]; repeatable.")

@@ -293,3 +293,16 @@ def test_real_media_gives_20_segments_under_6_edits(shared_media: Path, tmp_path
             assert (reader.width, reader.height) == (480, 270) and n > 24 * 5
     print(f"segment benchmark on the shared media: {len(truth)} segments, {len(bench.queries)} queries, "
           f"{seconds:.1f} s")
+
+
+def test_segments_that_fill_their_whole_stretch_are_planned() -> None:
+    """A source exactly as long as k segments of min length need: each segment takes its whole stretch, and
+    float rounding must not make the range of its start negative (it did for some start times)."""
+    from framesim.evaluation.segment_plan import SNAP_MARGIN_S, Source, plan_segments
+
+    rng = np.random.default_rng(0)
+    for t0 in rng.uniform(0, 100, 200):
+        src = Source("v.mp4", "id", float(t0), float(t0) + 3 * (2.0 + SNAP_MARGIN_S) + 1e-6)
+        plan = plan_segments([src], n_queries=1, per_query=3, min_len=2.0, max_len=8.0, rng=rng)
+        starts = sorted(p.start_s for p in plan[0])
+        assert len(starts) == 3 and all(src.t0 - 1e-9 <= s <= src.t1 for s in starts)

@@ -203,7 +203,8 @@ def plan_segments(sources: Sequence[Source], n_queries: int, per_query: int, min
             for j in range(k):
                 a = src.t0 + j * stretch
                 length = min(float(rng.uniform(min_len, max_len)), stretch - SNAP_MARGIN_S)
-                start = float(rng.uniform(a, a + stretch - SNAP_MARGIN_S - length))
+                # max(): when the length takes the whole stretch, rounding can put the bound a hair below a
+                start = float(rng.uniform(a, max(a, a + stretch - SNAP_MARGIN_S - length)))
                 pieces.append(Piece("segment", length, start, source=src))
         plan.append([pieces[j] for j in rng.permutation(len(pieces))])
     return plan
