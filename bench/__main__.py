@@ -12,6 +12,7 @@
     python -m bench store [--sizes 20000] [--keep DIR]             # FAISS vs Qdrant Edge: ingest, open, latency, disk
     python -m bench serve [--frames 20000] [--requests 10]         # framesim serve under 4 concurrent clients
     python -m bench selfjoin [--n 1000000] [--keep DIR]            # kNN self-join: time, peak RSS, recall
+    python -m bench engine [--quick]                               # local vs Ray engine: extract, embed, overhead
 
 Medians of ``--repeat`` runs are printed.
 """
@@ -24,6 +25,7 @@ import click
 
 from bench.backbones import backbones
 from bench.endtoend import endtoend
+from bench.engine import engine
 from bench.extract import extract
 from bench.index import index
 from bench.memory import memory
@@ -71,6 +73,7 @@ main.add_command(endtoend)
 main.add_command(store)
 main.add_command(serve)
 main.add_command(selfjoin)
+main.add_command(engine)
 
 if __name__ == "__main__":
     main()

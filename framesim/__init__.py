@@ -9,6 +9,7 @@ The public API (the ``framesim`` command is a thin layer over it)::
     index("dataset")                                  # a persistent collection (Qdrant Edge)
     hits = search("screenshot.png", "dataset").pairs  # answered from it
     dups = find_duplicates("dataset", out_dir="reports/dups")  # frame pairs, groups, copied segments
+    extract(["/nfs/videos/"], "/nfs/dataset", engine="ray")   # the same, as tasks on a Ray cluster
 
 Heavy modules (TensorFlow, FAISS, Plotly) load only when first used.
 """
@@ -52,6 +53,9 @@ _EXPORTS = {
     "find_duplicates": "framesim.duplicates",
     "DuplicatesResult": "framesim.duplicates",
     "SEGMENT_COLUMNS": "framesim.duplicates",
+    "Engine": "framesim.engines",
+    "get_engine": "framesim.engines",
+    "register_engine": "framesim.engines",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

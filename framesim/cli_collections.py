@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from framesim.cli import EXIT_PARTIAL, _error, _fatal, _fatal_error, _parse_weights, dedupe_option, runtime_option
+from framesim.cli import (
+    EXIT_PARTIAL,
+    _error,
+    _fatal,
+    _fatal_error,
+    _parse_weights,
+    dedupe_option,
+    engine_errors,
+    engine_options,
+    runtime_option,
+)
 
 if TYPE_CHECKING:
     from framesim.collection import SearchResult
@@ -51,7 +61,7 @@ def _store_errors() -> tuple[type[Exception], ...]:
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
 
-    return (BackboneError, DatasetLockedError, ValueError, OSError)
+    return (BackboneError, DatasetLockedError, ValueError, OSError, *engine_errors())
 
 
 @click.command("index")
@@ -64,9 +74,11 @@ def _store_errors() -> tuple[type[Exception], ...]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @runtime_option
 @dedupe_option
+@engine_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def index_cmd(dataset: Path, backbones: tuple[str, ...], store: str | None, weights: tuple[str, ...],
-              exclude: tuple[str, ...], batch_size: int, runtime: str, dedupe: float | None, quiet: bool) -> None:
+              exclude: tuple[str, ...], batch_size: int, runtime: str, dedupe: float | None, engine: str,
+              ray_address: str | None, quiet: bool) -> None:
     """Embed a dataset's frames and keep them in a persistent collection, incrementally.
 
     A rerun adds only what is new and removes frames the dataset no longer has; a run killed at any
@@ -85,7 +97,8 @@ def index_cmd(dataset: Path, backbones: tuple[str, ...], store: str | None, weig
     try:
         summaries = run_index(dataset, list(backbones), store=store, weights=_parse_weights(weights, backbones),
                               runtime=runtime, exclude=list(exclude), batch_size=batch_size, progress=not quiet,
-                              on_error=fail, **({} if dedupe is None else {"dedupe": dedupe}))
+                              on_error=fail, engine=engine, ray_address=ray_address,
+                              **({} if dedupe is None else {"dedupe": dedupe}))
     except _store_errors() as exc:
         _fatal_error(exc)
         return

@@ -15,6 +15,8 @@ from framesim.cli import (
     _FloatRange,
     _parse_weights,
     dedupe_option,
+    engine_errors,
+    engine_options,
     runtime_option,
 )
 
@@ -23,7 +25,7 @@ def _errors() -> tuple[type[Exception], ...]:
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
 
-    return (BackboneError, DatasetLockedError, ValueError, OSError)
+    return (BackboneError, DatasetLockedError, ValueError, OSError, *engine_errors())
 
 
 @click.command("duplicates")
@@ -51,12 +53,13 @@ def _errors() -> tuple[type[Exception], ...]:
               help="Output folder [default: reports/duplicates-<date-time>].")
 @runtime_option
 @dedupe_option
+@engine_options
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def duplicates_cmd(dataset: Path, backbone: str, min_score: float | None, candidate_score: float | None,
                    k: int | None, within_video_s: float | None, method: str | None, index: str, no_verify: bool,
                    exclude: tuple[str, ...], weights: tuple[str, ...], out: Path | None, runtime: str,
-                   dedupe: float | None, no_report: bool, quiet: bool) -> None:
+                   dedupe: float | None, engine: str, ray_address: str | None, no_report: bool, quiet: bool) -> None:
     """Near-duplicate frames and copied segments inside DATASET.
 
     Writes frame_pairs (.parquet/.csv: every pair of near-duplicate frames of different videos),
@@ -73,7 +76,7 @@ def duplicates_cmd(dataset: Path, backbone: str, min_score: float | None, candid
         result = find_duplicates(dataset, backbone, out_dir=out, within_video_s=within_video_s, index=index,
                                  verify=not no_verify, exclude=exclude, weights=_parse_weights(weights, (backbone,)),
                                  runtime=runtime, report=not no_report, progress=not quiet, on_error=_error,
-                                 **options)
+                                 engine=engine, ray_address=ray_address, **options)
     except _errors() as exc:
         _fatal_error(exc)
         return

@@ -25,8 +25,10 @@ import pandas as pd
 from framesim.backbones.base import Backbone, get_backbone, weights_for
 from framesim.dataset import FrameDataset
 from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, DedupeResult, dataset_runs
-from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
-from framesim.examples import Example, example_loader, frame_loader, load_examples
+from framesim.embed_job import embed_frames
+from framesim.embeddings import EmbeddingCache, EmbedStats
+from framesim.engines import Engine, engine_session
+from framesim.examples import Example, example_loader, load_examples
 from framesim.stores import StoreSpec, VectorStore, open_store, parse_store, point_ids
 
 #: points upserted per call (and per progress step)
@@ -53,13 +55,15 @@ def index(dataset: str | os.PathLike[str], backbones: Sequence[str] = ("efficien
           store: str | StoreSpec | None = None, weights: Mapping[str, str | None] | None = None,
           runtime: str = "auto", exclude: Sequence[str] = (), batch_size: int = 32, progress: bool = True,
           on_error: Callable[[str], None] | None = None, dedupe: float = DEFAULT_DEDUPE_THRESHOLD,
-          workers: int = 2) -> list[IndexSummary]:
+          workers: int = 2, engine: str | Engine = "local", ray_address: str | None = None) -> list[IndexSummary]:
     """Bring each backbone's collection of ``dataset`` up to date (module docstring); ``exclude``: videos
-    (``video`` or ``video_id`` values) kept out of the collections, their points removed."""
+    (``video`` or ``video_id`` values) kept out of the collections, their points removed. ``engine``
+    (``"local"``, ``"ray"``: see ``framesim.engines``) embeds the frames; the driver upserts them."""
     ds = FrameDataset(dataset)
     spec = store if isinstance(store, StoreSpec) else parse_store(store)
     out = []
-    with ds.lock():  # the embedding cache is written under the dataset's lock, as by match
+    # the embedding cache is written under the dataset's lock, as by match
+    with ds.lock(), engine_session(engine, address=ray_address) as runner:
         manifest = _indexed_frames(ds, exclude)
         frames_by_key = manifest.drop_duplicates("sha256")
         runs = dataset_runs(ds, manifest, frames_by_key, dedupe, workers)
@@ -69,7 +73,7 @@ def index(dataset: str | os.PathLike[str], backbones: Sequence[str] = ("efficien
             cache = EmbeddingCache(ds.root / "embeddings", backbone)
             with open_store(spec, dataset=ds.root, backbone=backbone) as collection:
                 summary = sync_collection(collection, ds, manifest, frames_by_key, runs, backbone, cache,
-                                          batch_size=batch_size, progress=progress)
+                                          batch_size=batch_size, progress=progress, engine=runner)
                 summary.store = collection.info()
             for msg in summary.failures:
                 if on_error:
@@ -94,7 +98,7 @@ def _indexed_frames(ds: FrameDataset, exclude: Sequence[str]) -> pd.DataFrame:
 
 def sync_collection(collection: VectorStore, ds: FrameDataset, manifest: pd.DataFrame,
                     frames_by_key: pd.DataFrame, runs: DedupeResult, backbone: Backbone, cache: EmbeddingCache,
-                    *, batch_size: int = 32, progress: bool = True) -> IndexSummary:
+                    *, batch_size: int = 32, progress: bool = True, engine: Engine | None = None) -> IndexSummary:
     """Make ``collection`` hold exactly ``manifest``'s frames (embedding what the cache lacks)."""
     from tqdm import tqdm
 
@@ -109,8 +113,8 @@ def sync_collection(collection: VectorStore, ds: FrameDataset, manifest: pd.Data
     todo, todo_ids = manifest[missing], ids[missing]
     summary.present = len(manifest) - len(todo)
     needed = [runs.vector_key[k] for k in todo["sha256"]]
-    summary.embed = embed_missing(backbone, cache, needed, frame_loader(ds, frames_by_key, backbone.input_size),
-                                  batch_size=batch_size, progress=progress, desc="frames")
+    summary.embed = embed_frames(backbone, cache, needed, ds, frames_by_key, engine=engine, batch_size=batch_size,
+                                 progress=progress)
     summary.failures = list(summary.embed.failures)
     readable = np.array([k in cache for k in needed], bool)  # frames whose image could not be read stay out
     todo, todo_ids = todo[readable], todo_ids[readable]

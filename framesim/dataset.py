@@ -9,7 +9,7 @@ Layout of a dataset folder::
       frames/<stem>-<id8>/<index:08d>.jpg   frame images (.png with image_format="png")
       state/videos/<video_id>.json          per-video record: fingerprint, header, one entry per
                                             sampling spec with status, last frame index, counts
-      state/pending/<seq>.parquet           manifest rows written since the last consolidation
+      state/pending/v<pos>-<t>.parquet      manifest rows written since the last consolidation
       .lock                                 flock'ed while a run uses the dataset
 
 Crash safety: every file is written atomically (temp + rename) and fsync'ed before anything refers
@@ -156,13 +156,15 @@ class FrameDataset:
             return self.empty_manifest()
         return _normalise(pd.concat(parts, ignore_index=True))
 
-    def append(self, rows: pd.DataFrame) -> None:
-        """Add manifest rows as a new pending chunk (atomic); ``manifest()`` sees them at once."""
+    def append(self, rows: pd.DataFrame, prefix: str = "") -> None:
+        """Add manifest rows as a new pending chunk (atomic); ``manifest()`` sees them at once.
+
+        Chunks are read in name order: ``prefix`` (extraction gives each video's position in its input
+        list) orders the chunks of tasks that run side by side, the time within one prefix."""
         if not len(rows):
             return
         rows = rows[MANIFEST_COLUMNS + EXTRA_COLUMNS]
-        # time-ordered names keep the rows in the order they were added; one writer holds the lock
-        name = f"{time.time_ns():020d}-{os.getpid()}.parquet"
+        name = f"{prefix}{time.time_ns():020d}-{os.getpid()}.parquet"
         _io.write_table(rows.reset_index(drop=True), parquet=self._pending_dir / name)
 
     def consolidate(self) -> None:

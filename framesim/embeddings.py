@@ -196,25 +196,44 @@ class EmbeddingCache:
         self._last_flush = time.monotonic()
         if not self._pending_keys:
             return
-        number = max(self._shards, default=0) + 1
-        keys_path, vecs_path, sidecar = self._shard_files(number)
-        keys = np.array([k.encode() for k in self._pending_keys])  # S<longest>: never truncates
-        vecs = np.concatenate(self._pending_vecs)
-        try:
-            write_npy(keys_path, keys)
-            write_npy(vecs_path, vecs)
-            write_json(sidecar, {"count": len(keys), "dim": self.dim, "keys_sha256": sha256_file(keys_path),
-                                 "vecs_sha256": sha256_file(vecs_path)})
-        except BaseException:
-            # A full disk or Ctrl-C mid-shard: leave no half shard behind (the sidecar, written last,
-            # is what makes a shard count, so removing it first keeps a crash here harmless too).
-            for f in (sidecar, keys_path, vecs_path):
-                f.unlink(missing_ok=True)
-            raise
-        self._shards[number] = np.load(vecs_path, mmap_mode="r", allow_pickle=False)
+        number = self.next_shard_number()
+        write_shard(self.dir, number, self._pending_keys, np.concatenate(self._pending_vecs), self.dim)
+        self._shards[number] = np.load(self._shard_files(number)[1], mmap_mode="r", allow_pickle=False)
         for row, key in enumerate(self._pending_keys):
             self._where[key] = (number, row)
         self._pending_keys, self._pending_vecs = [], []
+
+    def next_shard_number(self) -> int:
+        return max(self._shards, default=0) + 1
+
+    def refresh(self) -> None:
+        """Take in the shards other processes wrote here since (``embed_job``: tasks on a cluster)."""
+        self.flush()
+        for sidecar in sorted(self.dir.glob("shard-*.json")):
+            number = _shard_number(sidecar.name)
+            if number is not None and number not in self._shards and not self._load_shard(number, sidecar):
+                print(f"warning: {sidecar.with_suffix('')}: damaged embedding shard ignored", file=sys.stderr)
+        for f in self.dir.glob(".shard-*.tmp"):  # left by attempts killed mid-write
+            f.unlink(missing_ok=True)
+
+
+def write_shard(folder: Path, number: int, keys: Sequence[str], vectors: np.ndarray, dim: int) -> None:
+    """Write shard ``number`` (keys, float16 vectors, then the sidecar that makes it count) atomically;
+    one written again with the same content replaces the first, never adds to it."""
+    stem = folder / f"shard-{number:06d}"
+    keys_path, vecs_path, sidecar = Path(f"{stem}.keys.npy"), Path(f"{stem}.vecs.npy"), Path(f"{stem}.json")
+    key_array = np.array([k.encode() for k in keys])  # S<longest>: never truncates
+    try:
+        write_npy(keys_path, key_array)
+        write_npy(vecs_path, np.asarray(vectors, STORE_DTYPE))
+        write_json(sidecar, {"count": len(key_array), "dim": dim, "keys_sha256": sha256_file(keys_path),
+                             "vecs_sha256": sha256_file(vecs_path)})
+    except BaseException:
+        # A full disk or Ctrl-C mid-shard: leave no half shard behind (the sidecar, written last,
+        # is what makes a shard count, so removing it first keeps a crash here harmless too).
+        for f in (sidecar, keys_path, vecs_path):
+            f.unlink(missing_ok=True)
+        raise
 
 
 @dataclass

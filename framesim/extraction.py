@@ -46,16 +46,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from framesim.dataset import STATE_VERSION, FrameDataset
-from framesim.frame_writer import _FrameWriter
 from framesim.sampling import Sampler, make_sampler
 from framesim.video import VideoError, VideoReader, find_videos
 from framesim.video_run import _VideoRun
 
 if TYPE_CHECKING:
+    from framesim.engines import Engine
+    from framesim.frame_writer import _FrameWriter
     from framesim.keyframes import KeyframeReader
 
-#: fold pending chunks into manifest.parquet mid-run once there are this many
+#: fold pending chunks into manifest.parquet between videos once there are this many (local engine)
 MAX_PENDING_CHUNKS = 200
 #: bytes read from each end of a video file to identify it
 FINGERPRINT_BYTES = 1 << 20
@@ -81,6 +84,11 @@ def safe_stem(stem: str, max_bytes: int = 100) -> str:
 def _display_path(path: Path) -> str:
     """The path as the user gave it, as a string that can be stored (no lone surrogates)."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def chunk_prefix(position: int) -> str:
+    """Name prefix of the manifest chunks of the video at ``position`` in the input list."""
+    return f"v{position:09d}-"
 
 
 def video_fingerprint(path: str | os.PathLike[str]) -> str:
@@ -122,12 +130,22 @@ def _run_key(sampler: Sampler, start: float | None, end: float | None, max_frame
             f"end={'' if end is None else f'{end:.6g}'};max={'' if max_frames is None else max_frames}")
 
 
+def done_frames(record: dict[str, Any] | None, key: str, present: dict[int, str]) -> int | None:
+    """Frames selected, if the video's state ``record`` says it is complete for run ``key`` and the
+    dataset has them all (``present``: its frames); else None."""
+    run = (record or {}).get("runs", {}).get(key) or {}
+    if run.get("status") == "done" and len(present) >= int(run.get("frames_selected", 0)):
+        return int(run.get("frames_selected", 0))
+    return None
+
+
 def extract(inputs: Sequence[str | os.PathLike[str]], dataset: str | os.PathLike[str], *,
             fps: float | None = None, every: int | None = None, scene: float | None = None,
             keyframes: bool = False,
             start: float | None = None, end: float | None = None, max_frames: int | None = None,
             image_format: str = "jpg", progress: bool = True,
-            on_error: Callable[[str], None] | None = None) -> ExtractSummary:
+            on_error: Callable[[str], None] | None = None,
+            engine: str | Engine = "local", ray_address: str | None = None) -> ExtractSummary:
     """Decode videos and add the sampled frames to the dataset at ``dataset``.
 
     ``inputs``: video files and/or folders (searched recursively, see ``find_videos``).
@@ -150,6 +168,11 @@ def extract(inputs: Sequence[str | os.PathLike[str]], dataset: str | os.PathLike
     decoding stops at ``end``. ``max_frames`` caps the frames selected per video (counting those
     already present). Images are JPEG (quality 95) or PNG (``image_format="png"``).
 
+    ``engine``: where the per-video tasks run: ``"local"`` (this process, one video after another) or
+    ``"ray"`` (a Ray cluster at ``ray_address``, else ``$RAY_ADDRESS``, else Ray started on this
+    machine), or an ``framesim.engines.Engine``. Every engine gives the same dataset: each video's
+    frames and manifest chunks are named by its position in the input list (see ``extraction_job``).
+
     Holds the dataset lock for the whole call (DatasetLockedError if another run holds it). A video
     that cannot be opened or breaks off mid-way is reported through ``on_error("<path>: <reason>")``
     and in ``failures``; the frames it gave are kept and the other videos go on.
@@ -171,54 +194,62 @@ def extract(inputs: Sequence[str | os.PathLike[str]], dataset: str | os.PathLike
         inputs = [inputs]
     if fps is None and every is None and scene is None and not keyframes:
         fps = 1.0
-    sampler = make_sampler(fps, every, scene, origin=start or 0.0, keyframes=keyframes)
+    make_sampler(fps, every, scene, origin=start or 0.0, keyframes=keyframes)  # checks the options here
+    options = ExtractOptions(fps=fps, every=every, scene=scene, keyframes=keyframes, start=start, end=end,
+                             max_frames=max_frames, ext=fmt)
+    from framesim.extraction_job import run_extraction
 
     t0 = time.monotonic()
-    summary = ExtractSummary()
-    ds = FrameDataset(dataset)
-    videos = find_videos(inputs)
-    with ds.lock():
-        ds._ensure_layout()
-        for folder in (ds.root, ds._pending_dir, ds._videos_dir):
-            ds._remove_stale_temp_files(folder)
-        ds.consolidate()
-        try:
-            with _FrameWriter() as writer:
-                job = _Extraction(ds, sampler, start=start, end=end, max_frames=max_frames, ext=fmt,
-                                  progress=progress, on_error=on_error, summary=summary, writer=writer,
-                                  keyframes=keyframes)
-                for path in videos:
-                    job.run_video(path)
-        finally:
-            ds.consolidate()
+    summary = run_extraction(find_videos(inputs), FrameDataset(dataset), options, engine=engine,
+                             ray_address=ray_address, progress=progress, on_error=on_error)
     summary.seconds = time.monotonic() - t0
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    """The sampling and output options of one extract() call: what every per-video task gets."""
+
+    fps: float | None
+    every: int | None
+    scene: float | None
+    keyframes: bool
+    start: float | None
+    end: float | None
+    max_frames: int | None
+    ext: str
+
+    def sampler(self) -> Sampler:
+        return make_sampler(self.fps, self.every, self.scene, origin=self.start or 0.0, keyframes=self.keyframes)
+
+    def run_key(self) -> str:
+        return _run_key(self.sampler(), self.start, self.end, self.max_frames)
+
 
 class _Extraction:
-    """The state of one extract() call: the dataset's frames by video, the options, the tally."""
+    """The context of one per-video task: the dataset, the options, the frames already present, the tally.
 
-    def __init__(self, ds: FrameDataset, sampler: Sampler, *, start: float | None, end: float | None,
-                 max_frames: int | None, ext: str, progress: bool,
-                 on_error: Callable[[str], None] | None, summary: ExtractSummary,
-                 writer: _FrameWriter, keyframes: bool = False) -> None:
-        self.ds, self.sampler, self.writer, self.keyframes = ds, sampler, writer, keyframes
-        self.start, self.end, self.max_frames, self.ext = start, end, max_frames, ext
-        self.progress, self.on_error, self.summary = progress, on_error, summary
-        self.key = _run_key(sampler, start, end, max_frames)
-        manifest = ds.manifest()
-        # video_id -> {frame_index: path} of frames already in the dataset
-        self.present: dict[str, dict[int, str]] = {}
-        for vid, idx, rel in zip(manifest["video_id"], manifest["frame_index"], manifest["path"], strict=True):
-            self.present.setdefault(str(vid), {})[int(idx)] = str(rel)
-        self.pending_chunks = len(ds._pending_chunks())
+    ``position``: the video's place in the input list, which names its manifest chunks (so their order,
+    and the manifest's, does not depend on when the task ran); ``present``: video_id -> {frame_index:
+    path} of the frames the dataset has.
+    """
+
+    def __init__(self, ds: FrameDataset, options: ExtractOptions, *, position: int,
+                 present: dict[str, dict[int, str]], progress: bool, summary: ExtractSummary,
+                 writer: _FrameWriter) -> None:
+        self.ds, self.writer, self.keyframes = ds, writer, options.keyframes
+        self.sampler = options.sampler()
+        self.start, self.end, self.max_frames, self.ext = options.start, options.end, options.max_frames, options.ext
+        self.progress, self.summary, self.position = progress, summary, position
+        self.key = _run_key(self.sampler, self.start, self.end, self.max_frames)
+        self.present = present
+
+    def append(self, rows: pd.DataFrame) -> None:
+        self.ds.append(rows, prefix=chunk_prefix(self.position))
 
     def fail(self, video: str, reason: str) -> None:
         reason = " ".join(reason.split())
         self.summary.failures.append((video, reason))
-        if self.on_error is not None:
-            self.on_error(f"{video}: {reason}")
 
     def _name_for(self, vid: str, path: Path, record: dict[str, Any] | None) -> str:
         """Folder name of a video's frames; once chosen it sticks to the video's content id."""
@@ -244,8 +275,9 @@ class _Extraction:
         record = self.ds.video_state(vid) or {}
         run = dict(record.get("runs", {}).get(self.key) or {})
         present = self.present.setdefault(vid, {})
-        if run.get("status") == "done" and len(present) >= int(run.get("frames_selected", 0)):
-            self.summary.frames_existing += int(run.get("frames_selected", 0))
+        done = done_frames(record, self.key, present)
+        if done is not None:
+            self.summary.frames_existing += done
             self.summary.videos_done.append(video)
             return
         try:
@@ -270,10 +302,3 @@ class _Extraction:
                 "runs": dict(record.get("runs", {})),
             }
             _VideoRun(self, reader, video, vid, record, run, present).run()
-
-    def flushed_chunk(self) -> None:
-        self.pending_chunks += 1
-        if self.pending_chunks >= MAX_PENDING_CHUNKS:
-            self.ds.consolidate()
-            self.pending_chunks = 0
-

@@ -26,8 +26,10 @@ from framesim.backbones.base import Backbone, get_backbone, weights_for
 from framesim.collection import sync_collection
 from framesim.dataset import FrameDataset
 from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, dataset_runs
+from framesim.embed_job import embed_frames
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
-from framesim.examples import Example, example_loader, examples_root, frame_loader, load_examples
+from framesim.engines import Engine, engine_session
+from framesim.examples import Example, example_loader, examples_root, load_examples
 from framesim.ground_truth import label_pairs, read_ground_truth, same_video, truth_summary
 from framesim.index import auto_factory
 from framesim.runs import (
@@ -109,6 +111,8 @@ def match(
     verify: VerifyParams | None = None,
     cascade: Cascade | None = None,
     store: str | StoreSpec | None = None,
+    engine: str | Engine = "local",
+    ray_address: str | None = None,
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
@@ -136,6 +140,9 @@ def match(
     ``store`` (a ``framesim.stores`` spec such as ``"qdrant"``): search the dataset's persistent
     collection instead of building an index for this run; what it lacks is indexed first
     (``collection.sync_collection``), so it ends up mirroring the frames searched.
+
+    ``engine`` (``"local"``, ``"ray"`` at ``ray_address``: see ``framesim.engines``) embeds the frames
+    the cache lacks; examples are embedded here.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
@@ -161,7 +168,7 @@ def match(
         finally:
             timings[name] += time.perf_counter() - t0
 
-    with ds.lock():
+    with ds.lock(), engine_session(engine, address=ray_address) as runner:
         manifest = ds.manifest()
         if exclude_videos:
             held_out = manifest["video"].isin(exclude_videos)
@@ -194,13 +201,12 @@ def match(
                     if store is not None:
                         collection = stores.enter_context(open_store(store, dataset=ds.root, backbone=backbone))
                         synced = sync_collection(collection, ds, manifest, frames_by_key, runs, backbone, cache,
-                                                 batch_size=batch_size, progress=progress)
+                                                 batch_size=batch_size, progress=progress, engine=runner)
                         frame_stats = synced.embed or EmbedStats()
                     else:
                         collection = None
-                        frame_stats = embed_missing(backbone, cache, runs.representatives,
-                                                    frame_loader(ds, frames_by_key, backbone.input_size),
-                                                    batch_size=batch_size, progress=progress, desc="frames")
+                        frame_stats = embed_frames(backbone, cache, runs.representatives, ds, frames_by_key,
+                                                   engine=runner, batch_size=batch_size, progress=progress)
                     example_stats = embed_missing(backbone, cache, [e.sha256 for e in example_list],
                                                   example_loader(example_list, backbone.input_size),
                                                   batch_size=batch_size, progress=progress, desc="examples")

@@ -195,9 +195,8 @@ class _VideoRun:
         job = self.job
         rows = self._written_rows(strict=consistent)
         if rows:
-            job.ds.append(pd.DataFrame(rows))
+            job.append(pd.DataFrame(rows))
             job.summary.frames_added += len(rows)
-            job.flushed_chunk()
         if consistent:
             self.checkpoint = (self.last_index, self.selected, self.sampler.state())
         last_index, selected, sampler_state = self.checkpoint

@@ -41,6 +41,8 @@ class Backbone(abc.ABC):
     weights: str | None = None
     #: what runs the network ("tensorflow", "onnxruntime", "openvino"; "none" without a network)
     runtime: str = "none"
+    #: ``get_backbone``'s arguments for this model (spec, runtime in use, factory kwargs); None if not made by it
+    recipe: tuple[str, str, dict[str, Any]] | None = None
 
     @property
     def base_name(self) -> str:
@@ -199,8 +201,11 @@ def get_backbone(spec: str, runtime: str = "auto", **kwargs: object) -> Backbone
         backbone = info.factory(descriptor=parsed, **_with_runtime(info.factory, runtime, kwargs))
         backbone.base_name = name
         backbone.name = name if descriptor is None else f"{name}:{parsed}"
-        return backbone
-    return info.factory(**_with_runtime(info.factory, runtime, kwargs))
+    else:
+        backbone = info.factory(**_with_runtime(info.factory, runtime, kwargs))
+    # How to build the same model elsewhere (another process of a cluster), with the runtime now in use.
+    backbone.recipe = (spec, backbone.runtime if backbone.runtime != "none" else runtime, dict(kwargs))
+    return backbone
 
 
 def _with_runtime(factory: Callable[..., Backbone], runtime: str, kwargs: dict[str, object]) -> dict[str, object]:

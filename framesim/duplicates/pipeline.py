@@ -42,8 +42,9 @@ from framesim.duplicates.files import (
     SEGMENT_EXTRA_COLUMNS,
     write_duplicates,
 )
-from framesim.embeddings import EmbeddingCache, embed_missing
-from framesim.examples import frame_loader
+from framesim.embed_job import embed_frames
+from framesim.embeddings import EmbeddingCache
+from framesim.engines import Engine, engine_session
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 #: cosine at which two frames count as near-duplicates (frame pairs, groups)
@@ -80,12 +81,14 @@ def find_duplicates(dataset: str | os.PathLike[str], backbone: str = DEFAULT_BAC
                     weights: Mapping[str, str | None] | None = None, runtime: str = "auto",
                     dedupe: float = DEFAULT_DEDUPE_THRESHOLD, batch_size: int = 32, workers: int = 2,
                     report: bool = True, progress: bool = True,
-                    on_error: Callable[[str], None] | None = None) -> DuplicatesResult:
+                    on_error: Callable[[str], None] | None = None, engine: str | Engine = "local",
+                    ray_address: str | None = None) -> DuplicatesResult:
     """Near-duplicate frame pairs, groups and copied segments of ``dataset`` (module docstring).
 
     ``within_video_s``: also pair frames of one video that lie more than this many seconds apart (a
     shot used twice in one video). ``exclude``: videos (``video`` or ``video_id``) left out. With
     ``out_dir`` the tables, ``duplicates.json`` and (``report``) ``report.html`` are written there.
+    ``engine`` (``"local"``, ``"ray"``: ``framesim.engines``) embeds the frames the cache lacks.
     Raises ValueError (one line) when the dataset cannot be compared with itself."""
     from framesim.duplicates.groups import frame_groups, groups_table
     from framesim.duplicates.segments import find_segments
@@ -114,8 +117,9 @@ def find_duplicates(dataset: str | os.PathLike[str], backbone: str = DEFAULT_BAC
         by_key = frames.drop_duplicates("sha256")
         runs = dataset_runs(ds, frames, by_key, dedupe, workers)
         keys = [runs.vector_key[s] for s in frames["sha256"]]
-        stats = embed_missing(model, cache, keys, frame_loader(ds, by_key, model.input_size), batch_size=batch_size,
-                              progress=progress, desc="frames", workers=workers)
+        with engine_session(engine, address=ray_address) as runner:
+            stats = embed_frames(model, cache, keys, ds, by_key, engine=runner, batch_size=batch_size,
+                                 progress=progress, workers=workers)
         for msg in stats.failures:
             fail(msg)
         readable = np.array([key in cache for key in keys], bool)
