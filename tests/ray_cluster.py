@@ -82,6 +82,29 @@ def namespace_unavailable() -> str | None:
     return None if proc.returncode == 0 else f"`{cmd} true` exited {proc.returncode}: {proc.stderr.strip()[:200]}"
 
 
+def require_ray_namespace() -> None:
+    """Skip the calling test without Ray or a namespace; with FRAMESIM_REQUIRE_RAY=1 (CI) fail instead."""
+    import pytest
+
+    required = os.environ.get("FRAMESIM_REQUIRE_RAY") == "1"
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if required:
+            pytest.fail("FRAMESIM_REQUIRE_RAY=1 but Ray is not installed (pip install 'framesim[ray]')")
+        pytest.skip("Ray is not installed (pip install 'framesim[ray]')")
+    reason = namespace_unavailable()
+    if reason:
+        if required:
+            pytest.fail(f"FRAMESIM_REQUIRE_RAY=1 but no loopback-only network namespace: {reason}")
+        pytest.skip(f"needs a loopback-only network namespace: {reason}")
+
+
+def isolated_argv(argv: list[str]) -> list[str]:
+    """``argv`` run in a new network namespace with only ``lo``, up (a Ray it starts stays on this machine)."""
+    return [*unshare_argv(), sys.executable, str(Path(__file__).resolve()), "--exec", *argv]
+
+
 def run_scenario(spec: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
     """Run ``spec`` (see the module docstring) in a fresh network namespace and return its result.
 
@@ -393,7 +416,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``SPEC RESULT``: run the scenario in a new namespace; ``--inside SPEC RESULT``: be that run."""
+    """``SPEC RESULT``: run the scenario in a new namespace; ``--inside SPEC RESULT``: be that run;
+    ``--exec PROGRAM ARGS...``: bring lo up and become PROGRAM (``isolated_argv``)."""
+    if argv[:1] == ["--exec"] and len(argv) > 1:
+        loopback_up()
+        os.execvp(argv[1], argv[1:])
     inside = argv[:1] == ["--inside"]
     argv = argv[1:] if inside else argv
     if len(argv) != 2:

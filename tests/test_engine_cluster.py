@@ -12,7 +12,6 @@ Skipped without Ray or ``unshare`` unless FRAMESIM_REQUIRE_RAY=1 (CI), where tha
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import scene_colour
-from ray_cluster import namespace_unavailable, run_scenario, token_processes
+from ray_cluster import require_ray_namespace, run_scenario, token_processes
 
 from framesim.dataset import FrameDataset
 
@@ -34,21 +33,6 @@ SIZE = (320, 240)
 SCENE_FRAMES = 125  # a cut every 5 s: distinct content for the CNN (dedupe keeps ~1 vector per scene change)
 EMBED_SHARD = "16"  # keys per embedding task: many shards, so the kill lands among them
 CNN_CACHE = Path("embeddings", "efficientnet-lite0", "gem", "imagenet")
-
-
-def require_cluster() -> None:
-    required = os.environ.get("FRAMESIM_REQUIRE_RAY") == "1"
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if required:
-            pytest.fail("FRAMESIM_REQUIRE_RAY=1 but Ray is not installed (pip install 'framesim[ray]')")
-        pytest.skip("Ray is not installed (pip install 'framesim[ray]')")
-    reason = namespace_unavailable()
-    if reason:
-        if required:
-            pytest.fail(f"FRAMESIM_REQUIRE_RAY=1 but no loopback-only network namespace: {reason}")
-        pytest.skip(f"needs a network namespace for the cluster: {reason}")
 
 
 def write_videos(folder: Path) -> list[Path]:
@@ -141,7 +125,7 @@ def scenario(videos: list[str], ds_local: Path, ds_ray: Path, log_dir: Path) -> 
 
 
 def test_ray_engine_survives_a_killed_worker_node(tmp_path: Path) -> None:
-    require_cluster()
+    require_ray_namespace()
     videos = [str(p) for p in write_videos(tmp_path / "videos")]
     ds_local, ds_ray = tmp_path / "ds_local", tmp_path / "ds_ray"
     spec = scenario(videos, ds_local, ds_ray, tmp_path / "logs")

@@ -18,21 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ray_cluster import isolated_argv, require_ray_namespace
 
 from framesim.dataset import FrameDataset
 
 pytestmark = pytest.mark.slow
-
-
-def _ray_or_skip() -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("FRAMESIM_REQUIRE_RAY"):
-            raise
-        pytest.skip("ray is not installed (pip install 'framesim[ray]')")
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "--net", "true"]).returncode:
-        pytest.skip("cannot make a loopback-only network namespace (unshare --net)")
 
 
 def _isolated(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
@@ -42,8 +32,7 @@ def _isolated(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), "RAY_TMPDIR": tmp, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     try:
-        return subprocess.run(["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *args],
-                              env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(isolated_argv(args), env=env, capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -58,7 +47,7 @@ def _files(root: Path) -> dict[str, str]:
 
 
 def test_extract_and_index_on_ray_give_the_local_outputs(make_video: Callable[..., Path], tmp_path: Path) -> None:
-    _ray_or_skip()
+    require_ray_namespace()
     videos = [str(make_video(f"v{i}.mp4", n_frames=40 + 10 * i, scene_starts=(0, 15 + i))) for i in range(3)]
     videos.append(str(tmp_path / "missing.mp4"))
     out = {}
@@ -96,7 +85,7 @@ finally:
 
 
 def test_a_node_that_cannot_see_the_storage_is_named(tmp_path: Path) -> None:
-    _ray_or_skip()
+    require_ray_namespace()
     res = _isolated([sys.executable, "-c", PROBE, str(tmp_path)], tmp_path)
     assert res.returncode == 0, res.stderr
     seen, error = res.stdout.strip().splitlines()
