@@ -252,13 +252,16 @@ def _stage_line(timings: dict[str, float]) -> str:
               help="Search the dataset's persistent collection (qdrant, faiss, qdrant+http://..., see "
                    "framesim index) instead of building an index for this run; what it lacks is indexed first.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True,
+              help="Rank by cosine (normalised descriptors, re-scored as --score says) or by the Euclidean "
+                   "distance of the unnormalised descriptors (pairs get a distance column; no re-scoring).")
 @engine_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...], weights: tuple[str, ...],
           top_k: int, min_score: float | None, index_factory: str, out: Path | None, batch_size: int,
           score: str, whiten: bool, candidates: int, ground_truth: Path | None, runtime: str,
-          dedupe: float | None, verify_spec: str | None, store: str | None, no_report: bool, engine: str,
-          ray_address: str | None, quiet: bool) -> None:
+          dedupe: float | None, verify_spec: str | None, store: str | None, no_report: bool, metric: str,
+          engine: str, ray_address: str | None, quiet: bool) -> None:
     """Rank example images (files or folders) against every frame of a dataset; write scored pairs."""
     from framesim.backbones import BackboneError
     from framesim.dataset import DatasetLockedError
@@ -276,7 +279,7 @@ def match(examples: tuple[Path, ...], dataset: Path, backbones: tuple[str, ...],
                            out_dir=out, batch_size=batch_size, progress=not quiet, on_error=_error,
                            ground_truth=ground_truth, score=score, whiten=whiten, candidates=candidates,
                            runtime=runtime, verify=verify, store=store, engine=engine, ray_address=ray_address,
-                           **_dedupe_kwargs(dedupe))
+                           metric=metric, **_dedupe_kwargs(dedupe))
     except (BackboneError, DatasetLockedError, ValueError, OSError, *engine_errors()) as exc:
         _fatal_error(exc)
         return

@@ -28,6 +28,7 @@ import pandas as pd
 
 from framesim.backbones.base import Backbone
 from framesim.dataset import FrameDataset
+from framesim.distance import RAW_SUFFIX, UnnormalisedVectors
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing, write_shard
 from framesim.engines.base import Engine, Progress, TaskLost
 from framesim.examples import frame_loader
@@ -152,6 +153,8 @@ def run_shard_task(task: ShardTask) -> ShardResult:
         os.environ[THREADS_ENV] = str(task.threads)  # what the task was given, not every core of the node
         spec, runtime, kwargs = task.recipe
         model = _MODELS[key] = get_backbone(spec, runtime=runtime, **kwargs)
+    if task.spec.endswith(RAW_SUFFIX):  # --metric l2: the vectors before normalisation
+        model = UnnormalisedVectors(model)
     if model.spec != task.spec or model.dim != task.dim:
         raise ValueError(f"the worker built {model.spec} (dim {model.dim}), the driver {task.spec} (dim {task.dim})")
     frames = pd.DataFrame({"sha256": task.keys, "path": task.paths})

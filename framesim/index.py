@@ -25,6 +25,8 @@ AUTO_FLAT_LIMIT = 1_000_000
 AUTO_PROBE_SHARE = 8
 #: vectors copied into FAISS per call: bounds the extra memory of ``add`` on big collections
 ADD_CHUNK = 65_536
+#: what ``FaissIndex`` ranks by: cosine (inner product of normalised vectors) or Euclidean distance
+METRICS = ("cosine", "l2")
 #: training vectors for indexes other than IVF (PQ codebooks)
 TRAIN_DEFAULT = 65_536
 
@@ -66,22 +68,28 @@ def ivf_lists(n_vectors: int) -> int:
 
 
 class FaissIndex(Index):
-    """FAISS index built from a factory string (``"IVF1024,Flat|nprobe=32"``), inner-product metric.
+    """FAISS index built from a factory string (``"IVF1024,Flat|nprobe=32"``).
 
+    ``metric``: ``"cosine"`` (inner product of the L2-normalised vectors; higher is closer) or ``"l2"``
+    (FAISS' squared Euclidean distance; smaller is closer, ``search`` returns it ascending).
     ``expected`` vectors, when known, get their storage allocated up front (``reserve``).
     """
 
-    def __init__(self, dim: int, factory: str = "Flat", expected: int = 0) -> None:
+    def __init__(self, dim: int, factory: str = "Flat", expected: int = 0, metric: str = "cosine") -> None:
         import faiss
 
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.dim = dim
         self.factory = factory
+        self.metric = metric
         build, _, params = factory.partition("|")
         if "idmap" in build.lower():  # ids are positions here; an IDMap index wants ids with every add
             raise ValueError(f"invalid FAISS index factory string {build!r}: IDMap is not needed (framesim "
                              "numbers the vectors itself); leave it out")
         try:
-            self._index = faiss.index_factory(dim, build, faiss.METRIC_INNER_PRODUCT)
+            self._index = faiss.index_factory(dim, build, faiss.METRIC_L2 if metric == "l2" else
+                                              faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise ValueError(f"invalid FAISS index factory string {build!r}: {exc}") from None
         if params:
@@ -164,6 +172,8 @@ class FaissIndex(Index):
         return scores, ids
 
     def range_search(self, queries: np.ndarray, min_score: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.metric != "cosine":
+            raise ValueError("a range search needs the cosine metric (with l2 give a top k)")
         queries = _as_f32(queries, self.dim)
         if len(self) == 0:
             return [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
@@ -191,11 +201,11 @@ class FaissIndex(Index):
         return [(s[m], i[m]) for s, i, m in zip(scores, ids, keep, strict=True)]
 
 
-def make_index(dim: int, factory: str | None = None, n_vectors: int = 0) -> Index:
+def make_index(dim: int, factory: str | None = None, n_vectors: int = 0, metric: str = "cosine") -> Index:
     """An index for ``n_vectors`` (0: unknown); ``factory=None`` or ``"auto"`` picks by collection size."""
     if factory is None or factory == "auto":
         factory = auto_factory(n_vectors)
-    return FaissIndex(dim, factory, expected=n_vectors)
+    return FaissIndex(dim, factory, expected=n_vectors, metric=metric)
 
 
 def _as_f32(x: np.ndarray, dim: int) -> np.ndarray:

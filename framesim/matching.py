@@ -26,6 +26,7 @@ from framesim.backbones.base import Backbone, get_backbone, weights_for
 from framesim.collection import sync_collection
 from framesim.dataset import FrameDataset
 from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, dataset_runs
+from framesim.distance import UnnormalisedVectors, check_metric
 from framesim.embed_job import embed_frames
 from framesim.embeddings import EmbeddingCache, EmbedStats, embed_missing
 from framesim.engines import Engine, engine_session
@@ -113,6 +114,7 @@ def match(
     store: str | StoreSpec | None = None,
     engine: str | Engine = "local",
     ray_address: str | None = None,
+    metric: str = "cosine",
 ) -> MatchResult:
     """Rank every example against every frame of ``dataset`` with each backbone.
 
@@ -143,11 +145,18 @@ def match(
 
     ``engine`` (``"local"``, ``"ray"`` at ``ray_address``: see ``framesim.engines``) embeds the frames
     the cache lacks; examples are embedded here.
+
+    ``metric="l2"`` ranks by the Euclidean distance of the unnormalised descriptors in an L2 index
+    (``framesim.distance``): the pairs get a ``distance`` column, ``score`` = 1 / (1 + distance), no
+    re-scoring (``score``, ``whiten`` and ``store`` do not apply).
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates!r}")
+    if check_metric(metric) == "l2" and (store is not None or whiten or top_k is None):
+        raise ValueError("--metric l2 ranks an index built for the run by distance: give --top-k above 0, "
+                         "and no --store or --whiten")
     started = time.perf_counter()
     inputs = [examples] if isinstance(examples, str | os.PathLike) else list(examples)
     ds = FrameDataset(dataset)
@@ -197,6 +206,8 @@ def match(
                     if suffix:  # the pairs name the variant as asked: "efficientnet-lite0:avg@cosine"
                         backbone.name = f"{backbone.name}@{suffix}"
                 with stage("embed"):
+                    if metric == "l2":  # the descriptors as they are, cached apart from the normalised ones
+                        backbone = UnnormalisedVectors(backbone)
                     cache = EmbeddingCache(ds.root / "embeddings", backbone)
                     if store is not None:
                         collection = stores.enter_context(open_store(store, dataset=ds.root, backbone=backbone))
@@ -219,6 +230,7 @@ def match(
                 t0 = time.perf_counter()
                 scored = score_backbone(cache, usable, usable_examples, ds, top_k=top_k, min_score=min_score,
                                         index=index, score=b_score, whiten=b_whiten, candidates=candidates,
+                                        metric=metric,
                                         workers=workers, fail=fail, vector_key=runs.vector_key, verify=verify,
                                         cascade=cascade, progress=progress, store=collection)
                 fitted = dict(scored.summary)
@@ -231,7 +243,7 @@ def match(
                 tables.append(_pairs_table(backbone.name, usable_examples, usable, scored))
                 backbone_runs.append({**_backbone_summary(backbone, frame_stats, example_stats, search_seconds),
                                       "postprocess": {**postprocess_settings(b_score, b_whiten, candidates, verify,
-                                                                             cascade), **fitted}})
+                                                                             cascade, metric), **fitted}})
 
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRS_COLUMNS)
     truth_info = None
@@ -249,7 +261,7 @@ def match(
         "n_examples": len(example_list), "top_k": top_k, "min_score": min_score,
         "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
         # The run's defaults; each backbone's entry has its own (a spec's "@..." overrides them).
-        "postprocess": postprocess_settings(score, whiten, candidates, verify, cascade),
+        "postprocess": postprocess_settings(score, whiten, candidates, verify, cascade, metric),
         "dedupe": runs.summary(),
         "seconds": round(time.perf_counter() - started, 3), "backbones": backbone_runs, "ground_truth": truth_info,
     }
@@ -299,10 +311,14 @@ def _pairs_table(backbone: str, examples: Sequence[Example], frames: pd.DataFram
         "cosine": np.asarray(scored.cosine, np.float64).round(6),
         "inliers": np.asarray(scored.inliers, np.int64),
     })
+    extra = EXTRA_COLUMNS
+    if scored.distance is not None:  # --metric l2: smaller = closer; score falls as it grows
+        table["distance"] = np.asarray(scored.distance, np.float64).round(6)
+        extra = [*EXTRA_COLUMNS, "distance"]
     # Ties keep the given order (stable); rank 1 = best frame for this example and backbone.
     table = table.sort_values(["example", "score"], ascending=[True, False], kind="stable")
     table["rank"] = table.groupby("example", sort=False).cumcount().astype(np.int64) + 1
-    return table[PAIRS_COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
+    return table[PAIRS_COLUMNS + extra].reset_index(drop=True)
 
 
 def _backbone_summary(backbone: Backbone, frames: EmbedStats, examples: EmbedStats,

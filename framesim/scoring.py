@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from framesim.backbones.base import l2_normalize
 from framesim.dataset import FrameDataset
 from framesim.descriptors import MAX_FIT_FRAMES, BackgroundSimilarity, MatchPosterior, PCAWhitening, even_sample
+from framesim.distance import distance_score
 from framesim.embeddings import EmbeddingCache
 from framesim.examples import Example, example_loader, frame_loader
 from framesim.index import make_index
@@ -50,8 +52,12 @@ def search_pairs(
     index: str | None = None,
     n_frames: int | None = None,
     train_sample: Callable[[int], np.ndarray] | None = None,
+    metric: str = "cosine",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index frame vectors (an array or chunks of one) and search every example.
+
+    ``metric="l2"``: an L2 index; the scores are FAISS' squared distances, smallest first, and
+    ``min_score`` does not apply (give ``top_k``).
 
     ``train_sample(n)`` returns about n frame vectors spread over the whole collection, for indexes that
     need training (IVF): without it they train on the first chunk, i.e. on the first videos only.
@@ -67,7 +73,7 @@ def search_pairs(
     idx = None
     for chunk in chunks:
         if idx is None:
-            idx = make_index(dim, index, n_frames if n_frames is not None else len(chunk))
+            idx = make_index(dim, index, n_frames if n_frames is not None else len(chunk), metric=metric)
             if train_sample is not None and getattr(idx, "needs_training", False):
                 idx.train(train_sample(idx.training_size))
         idx.add(chunk)
@@ -79,7 +85,7 @@ def search_pairs(
         s, ids = idx.search(example_vectors, top_k)
         for q in range(len(example_vectors)):
             keep = ids[q] >= 0
-            if min_score is not None:
+            if min_score is not None and metric == "cosine":
                 keep &= s[q] >= min_score
             ex_rows.append(np.full(int(keep.sum()), q))
             fr_rows.append(ids[q][keep])
@@ -114,8 +120,12 @@ def store_search_pairs(store: VectorStore, frame_ids: Sequence[str], queries: np
 
 
 def postprocess_settings(score: str, whiten: bool, candidates: int, verify: VerifyParams | None = None,
-                         cascade: Cascade | None = None) -> dict[str, Any]:
+                         cascade: Cascade | None = None, metric: str = "cosine") -> dict[str, Any]:
     """Every parameter of the re-scoring, for run.json (per backbone; fitted sizes are added there)."""
+    if metric == "l2":
+        return {"score": "distance", "metric": "l2", "whitening": None,
+                "score_meaning": "1 / (1 + Euclidean distance of the unnormalised descriptors); ranked by "
+                                 "the distance (see the distance column)"}
     out: dict[str, Any] = {"score": score, "whitening": PCAWhitening().describe() if whiten else None}
     if score != "cosine":
         out["candidates"] = candidates
@@ -142,14 +152,16 @@ class Scored:
     cosine: np.ndarray
     inliers: np.ndarray
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Euclidean distances (``metric="l2"`` only)
+    distance: np.ndarray | None = None
 
 
 def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequence[Example], ds: FrameDataset,
                    *, top_k: int | None, min_score: float | None, index: str | None, score: str, whiten: bool,
                    candidates: int, workers: int, fail: Callable[[str], None],
                    vector_key: Mapping[str, str] | None = None, verify: VerifyParams | None = None,
-                   cascade: Cascade | None = None, progress: bool = False, store: VectorStore | None = None
-                   ) -> Scored:
+                   cascade: Cascade | None = None, progress: bool = False, store: VectorStore | None = None,
+                   metric: str = "cosine") -> Scored:
     """Search ``frames`` for each of ``examples`` and score the candidates (module docstring).
 
     With ``store`` (a collection holding ``frames``) candidates come from it, not from an index built now.
@@ -187,6 +199,9 @@ def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequen
             raise ValueError("a collection (--store) is searched as stored: no --whiten, and --top-k above 0")
         return store_search_pairs(store, frames["frame_id"], queries, top_k=k, min_score=min_score)
 
+    if metric == "l2":
+        return _l2_pairs(cache, vec_keys, queries, chunks, top_k=top_k, min_score=min_score, index=index,
+                         train_sample=train_sample, summary=summary, started=t_search)
     if score == "cosine":
         ex, fr, cos = find_candidates(top_k, min_score)
         summary["search_seconds"] = round(time.perf_counter() - t_search, 4)
@@ -249,3 +264,21 @@ def score_backbone(cache: EmbeddingCache, frames: pd.DataFrame, examples: Sequen
     return Scored(np.concatenate(rows_e).astype(np.int64), np.concatenate(rows_f).astype(np.int64),
                    np.concatenate(out_s), np.concatenate(out_c), np.concatenate(out_i).astype(np.int32), summary)
 
+
+
+def _l2_pairs(cache: EmbeddingCache, vec_keys: Sequence[str], queries: np.ndarray, chunks: Any, *,
+              top_k: int | None, min_score: float | None, index: str | None,
+              train_sample: Callable[[int], np.ndarray], summary: dict[str, Any], started: float) -> Scored:
+    """The ``top_k`` frames nearest each example by Euclidean distance (``framesim.distance``)."""
+    if top_k is None:
+        raise ValueError("--metric l2 needs --top-k above 0")
+    ex, fr, squared = search_pairs(chunks, queries, top_k=top_k, min_score=None, index=index,
+                                   n_frames=len(vec_keys), train_sample=train_sample, metric="l2")
+    distance = np.sqrt(np.maximum(squared.astype(np.float64), 0.0))
+    score = distance_score(distance)
+    frame_vectors = cache.get([vec_keys[f] for f in fr])
+    cosine = np.einsum("ij,ij->i", l2_normalize(queries[ex]), l2_normalize(frame_vectors))
+    keep = score >= min_score if min_score is not None else np.ones(len(ex), bool)
+    summary["search_seconds"] = round(time.perf_counter() - started, 4)
+    return Scored(ex[keep], fr[keep], score[keep], cosine[keep], np.full(int(keep.sum()), -1, np.int32), summary,
+                  distance=distance[keep])

@@ -78,6 +78,11 @@ class Backbone(abc.ABC):
 
     def embed(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Embed RGB uint8 images of any size; return L2-normalised float32 vectors (n, dim)."""
+        return l2_normalize(self.embed_unnormalised(images))
+
+    def embed_unnormalised(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """``embed`` before the final L2 normalisation: the descriptor as the network and pooling give
+        it (Euclidean distances between these are what ``--metric l2`` ranks by)."""
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (
             self.input_size,
             self.input_size,
@@ -89,8 +94,7 @@ class Backbone(abc.ABC):
             batch = np.stack([self.resize(np.asarray(im)) for im in images])
         if batch.dtype != np.uint8:
             raise TypeError(f"{self.name}: expected uint8 RGB images, got {batch.dtype}")
-        out = np.asarray(self._forward(self.preprocess(batch)), dtype=np.float32)
-        return l2_normalize(out)
+        return np.asarray(self._forward(self.preprocess(batch)), dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} dim={self.dim} input={self.input_size}>"
