@@ -158,10 +158,10 @@ def extract(inputs: tuple[Path, ...], dataset: Path, fps: float | None, every: i
 
 def _parse_weights(values: tuple[str, ...], backbones: tuple[str, ...]) -> dict[str, str | None]:
     """``--weights FILE`` (single backbone) or ``--weights NAME=FILE``; ``none`` = random weights."""
-    from framesim.backbones.base import split_spec
+    from framesim.backbones.base import split_spec, strip_score_suffix
 
     # the keys backbones.base.weights_for looks up: the spec as given, without "@...", and its bare name
-    known = {key for b in backbones for key in (b, b.partition("@")[0], split_spec(b.partition("@")[0])[0])}
+    known = {key for b in backbones for key in (b, strip_score_suffix(b), split_spec(strip_score_suffix(b))[0])}
     out: dict[str, str | None] = {}
     for value in values:
         name, sep, spec = value.partition("=")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from framesim.backbones.base import Backbone, get_backbone, weights_for
+from framesim.backbones.base import Backbone, get_backbone, strip_score_suffix, weights_for
 from framesim.collection import sync_collection
 from framesim.dataset import FrameDataset
 from framesim.dedupe import DEFAULT_DEDUPE_THRESHOLD, dataset_runs
@@ -282,9 +282,10 @@ def parse_match_spec(spec: str, score: str = DEFAULT_SCORE, whiten: bool = DEFAU
     compare variants side by side: ``efficientnet-lite0`` against ``efficientnet-lite0:avg@cosine``
     (the original pipeline). Without it the run's settings apply and the suffix is "".
     """
-    model_spec, sep, post = spec.partition("@")
-    if not sep:
+    model_spec = strip_score_suffix(spec)
+    if model_spec == spec:
         return spec, score, whiten, ""
+    post = spec[len(model_spec) + 1:]
     parts = [p for p in post.lower().split("+") if p]
     scores = [p for p in parts if p in SCORES]
     unknown = [p for p in parts if p not in SCORES and p != "whiten"]

@@ -7,6 +7,8 @@ subclassing ``Backbone`` (or ``KerasBackbone``) and registering a factory under 
 Backbones are asked for by a spec, ``NAME[:DESCRIPTOR]``: ``efficientnet-lite0`` (its default
 descriptor), ``efficientnet-lite0:avg``, ``resnet50:gem+flip`` ... The descriptor (pooling and options,
 see ``pooling``) applies to backbones registered with ``poolable=True`` (the CNNs).
+Any ONNX image model is a backbone too: ``onnx:PATH[?OPTIONS][:DESCRIPTOR]``, or a name registered by
+``onnx_model.register_onnx_backbone`` or in ``$FRAMESIM_HOME/backbones.json`` (see ``onnx_model``).
 """
 
 from __future__ import annotations
@@ -153,13 +155,28 @@ def register_backbone(
 
 def list_backbones() -> list[BackboneInfo]:
     _load_builtin()
+    from framesim.backbones.onnx_model import register_configured
+
+    register_configured(strict=False)  # the config file's ONNX models (a bad entry is a warning here)
     return list(_REGISTRY.values())
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
-    """``"resnet50:gem+flip"`` -> ``("resnet50", "gem+flip")``; ``"resnet50"`` -> ``("resnet50", None)``."""
+    """``"resnet50:gem+flip"`` -> ``("resnet50", "gem+flip")``; ``"resnet50"`` -> ``("resnet50", None)``;
+    ``"onnx:dir/m.onnx:gem"`` -> ``("onnx:dir/m.onnx", "gem")`` (the path may hold ':')."""
+    from framesim.backbones.onnx_options import is_onnx_spec, split_onnx_spec
+
+    if is_onnx_spec(spec):
+        return split_onnx_spec(spec)
     name, sep, descriptor = spec.strip().partition(":")
     return name, (descriptor if sep else None)
+
+
+def strip_score_suffix(spec: str) -> str:
+    """``spec`` without match's ``@SCORE[+whiten]`` part: after the last ``@``, and only when that part
+    holds no path separator (an ONNX file's path may contain ``@``)."""
+    head, sep, tail = spec.rpartition("@")
+    return head if sep and "/" not in tail and "." not in tail.split("+")[0] else spec
 
 
 def weights_for(spec: str, weights: Mapping[str, str | None] | None) -> dict[str, Any]:
@@ -167,7 +184,7 @@ def weights_for(spec: str, weights: Mapping[str, str | None] | None) -> dict[str
     part (match's score suffix), or by the bare name; {} when none is given."""
     if not weights:
         return {}
-    model_spec = spec.partition("@")[0]
+    model_spec = strip_score_suffix(spec)
     for key in (spec, model_spec, split_spec(model_spec)[0]):
         if key in weights:
             return {"weights": weights[key]}
@@ -176,6 +193,7 @@ def weights_for(spec: str, weights: Mapping[str, str | None] | None) -> dict[str
 
 def get_backbone(spec: str, runtime: str = "auto", **kwargs: object) -> Backbone:
     """Build a backbone from a spec ``NAME[:DESCRIPTOR]``; kwargs go to its factory (e.g. ``weights=``).
+    ``onnx:PATH[?OPTIONS][:DESCRIPTOR]`` is an ONNX model, its kwargs are options (``onnx_model``).
 
     The returned backbone's ``name`` is the spec as asked for (canonical descriptor spelling) and its
     ``spec`` the complete one (``efficientnet-lite0`` -> spec ``efficientnet-lite0:gem``).
@@ -189,6 +207,14 @@ def get_backbone(spec: str, runtime: str = "auto", **kwargs: object) -> Backbone
 
     _load_builtin()
     name, descriptor = split_spec(spec)
+    if name.startswith("onnx:"):
+        from framesim.backbones.onnx_model import onnx_backbone
+
+        return onnx_backbone(spec, runtime=runtime, **kwargs)  # sets its recipe (with the absolute path)
+    if name not in _REGISTRY:
+        from framesim.backbones.onnx_model import register_configured
+
+        register_configured(only=name)  # a model of $FRAMESIM_HOME/backbones.json
     try:
         info = _REGISTRY[name]
     except KeyError:
@@ -221,4 +247,4 @@ def _with_runtime(factory: Callable[..., Backbone], runtime: str, kwargs: dict[s
 
 def _load_builtin() -> None:
     # Imported lazily: registering must not import TensorFlow for `framesim --help`.
-    from framesim.backbones import efficientnet_lite, keras_apps, phash, tiny  # noqa: F401
+    from framesim.backbones import efficientnet_lite, keras_apps, phash, resnet18, tiny  # noqa: F401

@@ -1,4 +1,16 @@
-"""Read a legacy (non-zip) PyTorch ``.pth`` state dict into numpy arrays, without torch.
+"""Read a PyTorch ``.pth`` state dict into numpy arrays, without torch: both file formats.
+
+The zip format (``torch.save``'s default since torch 1.6; torchvision's ImageNet weights) is a zip
+archive (entries stored, not compressed) whose names all start with one folder ``<prefix>/``
+(the saved file's stem, or ``archive``):
+
+* ``data.pkl``: pickle (protocol 2) of the object; each tensor is ``torch._utils._rebuild_tensor_v2(
+  storage, offset, size, stride, requires_grad, backward_hooks[, metadata])`` and each storage a
+  persistent id ``("storage", storage_type, key, location, numel)``; ``storage_type`` is a typed class
+  (``torch.FloatStorage``, numel in elements) or ``torch.UntypedStorage`` (bytes);
+* ``data/<key>``: each storage's raw elements, ``numel`` times the element size;
+* ``version`` (the format version, digits), and since torch 2.1 ``byteorder`` (``little``/``big``;
+  files without it are little-endian, as torch assumes).
 
 The legacy format (``torch.save(..., _use_new_zipfile_serialization=False)``, and every file written
 by torch < 1.6) is a concatenation of:
@@ -6,15 +18,15 @@ by torch < 1.6) is a concatenation of:
 1. pickle: the magic number ``0x1950a86a20f9469cfc6c``
 2. pickle: the protocol version (1001)
 3. pickle: sys_info (``{"little_endian": bool, "type_sizes": {...}, ...}``)
-4. pickle: the object itself; each tensor is ``torch._utils._rebuild_tensor_v2(storage, offset, size,
-   stride, requires_grad, backward_hooks)`` and each storage a persistent id
-   ``("storage", storage_type, key, location, numel[, view_metadata])``
+4. pickle: the object itself, tensors and storages as above (a storage id may carry a sixth item,
+   ``view_metadata``, in files of old torch)
 5. pickle: the list of storage keys, in the order their data follows
 6. for each key: an 8-byte element count, then the raw elements
 
 Unpickling runs code named by the file, so a ``.pth`` is as dangerous as a script. The unpickler
-here resolves only the handful of names a state dict needs, each to a harmless local stand-in;
-anything else (``os.system``, ``builtins.eval``, ...) is refused before it can run.
+here (the same for both formats) resolves only the handful of names a state dict needs, each to a
+harmless local stand-in; anything else (``os.system``, ``builtins.eval``, ...) is refused before it can
+run, and the stand-ins refuse pickle's BUILD so a file cannot rewrite a checked offset or stride.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import collections
 import io
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,8 @@ import numpy as np
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
+#: how every torch.save zip archive (and torch's own check, ``_is_zipfile``) starts
+ZIP_MAGIC = b"PK\x03\x04"
 
 #: legacy storage class name -> element dtype (little-endian; byte order fixed up from sys_info)
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -46,15 +61,26 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class _StorageType:
+#: the untyped storage class (zip format; its numel counts bytes), by the modules it is pickled under
+UNTYPED_STORAGE = {("torch", "UntypedStorage"), ("torch.storage", "UntypedStorage")}
+
+
+class _StandIn:
+    """Base of the unpickled stand-ins: pickle's BUILD (setting attributes after the checks) is refused."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"refusing to set the state of a {type(self).__name__.strip('_')}")
+
+
+class _StorageType(_StandIn):
     """Stand-in for ``torch.FloatStorage`` etc.: only carries the element dtype."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, dtype: np.dtype | None = None) -> None:
         self.name = name
-        self.dtype = STORAGE_DTYPES[name]
+        self.dtype = STORAGE_DTYPES[name] if dtype is None else dtype
 
 
-class _StorageRef:
+class _StorageRef(_StandIn):
     """A storage named in the pickle; its data is read after the pickle (``array`` set then)."""
 
     def __init__(self, key: str, dtype: np.dtype, numel: int) -> None:
@@ -64,7 +90,7 @@ class _StorageRef:
         self.array: np.ndarray | None = None
 
 
-class _TensorRef:
+class _TensorRef(_StandIn):
     """A tensor whose storage data is not read yet (it follows the pickle in the file)."""
 
     def __init__(self, storage: _StorageRef, offset: int, size: tuple[int, ...],
@@ -75,7 +101,7 @@ class _TensorRef:
         self.stride = stride
 
 
-class _View:
+class _View(_StandIn):
     """A storage view (old torch): ``numel`` elements of ``base`` starting at ``offset``."""
 
     def __init__(self, base: _StorageRef, offset: int, numel: int) -> None:
@@ -137,6 +163,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return self._ALLOWED[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
+        if (module, name) in UNTYPED_STORAGE:
+            return _StorageType("UntypedStorage", np.dtype("u1"))
+        if module == "torch" and name.endswith("Storage"):
+            raise pickle.UnpicklingError(f"unsupported tensor element type torch.{name}")
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a tensor state dict")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -202,19 +232,37 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
+def _unpickle_object(fh: io.BytesIO) -> tuple[Any, _RestrictedUnpickler]:
+    """The tensor pickle at ``fh``'s position, by the restricted unpickler (which keeps the storages)."""
+    unpickler = _RestrictedUnpickler(fh)
+    try:
+        return unpickler.load(), unpickler
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"cannot unpickle ({exc})") from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+            MemoryError) as exc:
+        # Malformed opcodes surface as all sorts of errors from the pickle machinery.
+        raise ValueError(f"cannot unpickle ({type(exc).__name__}: {exc})") from exc
+
+
+def _set_array(ref: _StorageRef, raw: memoryview | bytes, little_endian: bool) -> None:
+    dtype = ref.dtype if little_endian else ref.dtype.newbyteorder(">")
+    # Copy: arrays own their memory (writable, and the file bytes can be freed).
+    ref.array = np.frombuffer(raw, dtype=dtype).astype(ref.dtype.newbyteorder("="))
+
+
 def read_legacy(data: bytes) -> Any:
     """Parse the bytes of a legacy torch file; return the saved object with tensors as numpy arrays.
 
     Raises ValueError (without the file name) on anything malformed.
     """
-    if data[:4] == b"PK\x03\x04":
-        raise ValueError("this is a zip-format torch checkpoint (torch >= 1.6 default); only the legacy "
-                         "format is supported: re-save with torch.save(obj, f, _use_new_zipfile_serialization=False)")
+    if data[:4] == ZIP_MAGIC:
+        raise ValueError("this is a zip-format torch checkpoint (torch >= 1.6 default): read it with read_zip")
     fh = io.BytesIO(data)
     try:
         magic = _load_pickle(fh)
         if magic != MAGIC_NUMBER:
-            raise ValueError("not a legacy torch file (bad magic number)")
+            raise ValueError("not a torch file (neither a zip archive nor the legacy magic number)")
         protocol = _load_pickle(fh)
         if protocol != PROTOCOL_VERSION:
             raise ValueError(f"unsupported torch protocol version {protocol!r:.40}")
@@ -222,14 +270,11 @@ def read_legacy(data: bytes) -> Any:
         if not isinstance(sys_info, dict):
             raise ValueError("malformed sys_info header")
         little_endian = bool(sys_info.get("little_endian", True))
-        unpickler = _RestrictedUnpickler(fh)
-        obj = unpickler.load()
+        obj, unpickler = _unpickle_object(fh)
         keys = _load_pickle(fh)
     except (pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"cannot unpickle ({exc})") from exc
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
-            MemoryError) as exc:
-        # Malformed opcodes surface as all sorts of errors from the pickle machinery.
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError, MemoryError) as exc:
         raise ValueError(f"cannot unpickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ValueError("malformed storage key list")
@@ -249,9 +294,7 @@ def read_legacy(data: bytes) -> Any:
         nbytes = numel * ref.dtype.itemsize
         if pos + nbytes > len(data):
             raise ValueError(f"truncated: storage {key} needs {nbytes} bytes, {len(data) - pos} left")
-        dtype = ref.dtype if little_endian else ref.dtype.newbyteorder(">")
-        # Copy: arrays own their memory (writable, and the file bytes can be freed).
-        ref.array = np.frombuffer(view[pos:pos + nbytes], dtype=dtype).astype(ref.dtype.newbyteorder("="))
+        _set_array(ref, view[pos:pos + nbytes], little_endian)
         pos += nbytes
     missing = [k for k, r in unpickler.storages.items() if r.array is None]
     if missing:
@@ -261,8 +304,67 @@ def read_legacy(data: bytes) -> Any:
     return _resolve(obj)
 
 
+def _archive_prefix(names: list[str]) -> str:
+    """The one top folder of a torch.save archive (torch's reader also takes a single one)."""
+    prefixes = {n.split("/", 1)[0] for n in names}
+    if len(prefixes) != 1 or not all("/" in n for n in names):
+        raise ValueError(f"not a torch.save archive: entries under {len(prefixes)} top folders, not one")
+    prefix = prefixes.pop()
+    if f"{prefix}/data.pkl" not in names:
+        raise ValueError(f"not a torch.save archive: no {prefix}/data.pkl")
+    if f"{prefix}/constants.pkl" in names or any(n.startswith(f"{prefix}/code/") for n in names):
+        raise ValueError("a TorchScript archive (torch.jit.save), not a state dict saved with torch.save")
+    return prefix
+
+
+def read_zip(data: bytes) -> Any:
+    """Parse the bytes of a zip-format torch file; return the saved object with tensors as numpy arrays.
+
+    Raises ValueError (without the file name) on anything malformed.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"zip-format torch checkpoint, but not a readable zip archive ({exc})") from exc
+    with archive:
+        prefix = _archive_prefix(names)
+
+        def record(name: str, limit: int | None = None) -> bytes:
+            # zipfile checks each entry's CRC when it is read in full: flipped bytes surface here.
+            info = archive.getinfo(f"{prefix}/{name}")
+            if limit is not None and info.file_size != limit:
+                raise ValueError(f"{prefix}/{name} holds {info.file_size} bytes, expected {limit}")
+            try:
+                return archive.read(info)
+            except Exception as exc:  # zipfile, zlib and the compressors each raise their own kinds
+                raise ValueError(f"damaged archive entry {prefix}/{name} ({type(exc).__name__}: {exc})") from exc
+
+        if f"{prefix}/version" in names:
+            version = record("version").strip()
+            if not version.isdigit():
+                raise ValueError(f"malformed format version record {version[:20]!r}")
+        little_endian = True
+        if f"{prefix}/byteorder" in names:
+            order = record("byteorder")
+            if order not in (b"little", b"big"):
+                raise ValueError(f"unknown byte order {order[:20]!r}")
+            little_endian = order == b"little"
+        obj, unpickler = _unpickle_object(io.BytesIO(record("data.pkl")))
+        for key, ref in unpickler.storages.items():
+            if f"{prefix}/data/{key}" not in names:
+                raise ValueError(f"storage {key} has no data ({prefix}/data/{key} missing)")
+            _set_array(ref, record(f"data/{key}", ref.numel * ref.dtype.itemsize), little_endian)
+    return _resolve(obj)
+
+
+def read_torch(data: bytes) -> Any:
+    """Parse a torch file of either format (zip if it starts as torch's own reader checks, else legacy)."""
+    return read_zip(data) if data[:4] == ZIP_MAGIC else read_legacy(data)
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Load a legacy-format torch ``.pth`` state dict as ``{name: array}`` without torch.
+    """Load a torch ``.pth`` state dict (zip or legacy format) as ``{name: array}`` without torch.
 
     Arrays keep the tensors' dtype, shape and strides (tensors sharing a storage share memory).
     A checkpoint that wraps the state dict as ``{"state_dict": {...}}`` is unwrapped.
@@ -275,7 +377,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     try:
-        obj = read_legacy(data)
+        obj = read_torch(data)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
