@@ -122,6 +122,9 @@ class BackboneInfo:
     poolable: bool = False
     #: the descriptor used when the spec names none (poolable backbones)
     default_descriptor: str | None = None
+    #: parses this backbone's descriptors (text -> what its factory takes as ``descriptor=``); None:
+    #: ``pooling.parse_descriptor`` (feature-map poolings)
+    parse_descriptor: Callable[[str | None], Any] | None = None
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
@@ -136,18 +139,21 @@ def register_backbone(
     weights_available: Callable[[], bool] = lambda: True,
     poolable: bool = False,
     default_descriptor: str | None = None,
+    parse_descriptor: Callable[[str | None], Any] | None = None,
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator: register ``factory(**kwargs) -> Backbone`` under ``name``.
 
     ``poolable``: the factory takes ``descriptor=`` (a ``pooling.Descriptor``) so that specs
-    ``NAME:DESCRIPTOR`` work; ``default_descriptor`` is what plain ``NAME`` uses.
+    ``NAME:DESCRIPTOR`` work; ``default_descriptor`` is what plain ``NAME`` uses. ``parse_descriptor``: the
+    backbone's own descriptor parser (raising ``pooling.PoolingError``), for descriptors other than
+    poolings (a ViT's ``cls`` / ``mean``); the canonical spelling is ``str()`` of what it returns.
     """
     if ":" in name:
         raise ValueError(f"backbone names cannot contain ':' (it separates the descriptor): {name!r}")
 
     def decorator(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _REGISTRY[name] = BackboneInfo(name, dim, input_size, description, weights_available, factory,
-                                       poolable, default_descriptor)
+                                       poolable, default_descriptor, parse_descriptor)
         return factory
 
     return decorator
@@ -221,11 +227,12 @@ def get_backbone(spec: str, runtime: str = "auto", **kwargs: object) -> Backbone
         known = ", ".join(sorted(_REGISTRY))
         raise BackboneError(f"unknown backbone {name!r}; known: {known}") from None
     if descriptor is not None and not info.poolable:
-        raise BackboneError(f"{name} has no feature map to pool: descriptor options ({spec!r}) apply to the "
-                            f"CNN backbones ({', '.join(b.name for b in _REGISTRY.values() if b.poolable)})")
+        raise BackboneError(f"{name} has no feature map to pool: descriptor options ({spec!r}) apply to "
+                            f"these backbones ({', '.join(b.name for b in _REGISTRY.values() if b.poolable)})")
     if info.poolable:
         try:
-            parsed = parse_descriptor(descriptor if descriptor is not None else info.default_descriptor)
+            parse = info.parse_descriptor or parse_descriptor
+            parsed = parse(descriptor if descriptor is not None else info.default_descriptor)
         except PoolingError as exc:
             raise BackboneError(f"{spec!r}: {exc}") from None
         backbone = info.factory(descriptor=parsed, **_with_runtime(info.factory, runtime, kwargs))
@@ -247,4 +254,4 @@ def _with_runtime(factory: Callable[..., Backbone], runtime: str, kwargs: dict[s
 
 def _load_builtin() -> None:
     # Imported lazily: registering must not import TensorFlow for `framesim --help`.
-    from framesim.backbones import efficientnet_lite, keras_apps, phash, resnet18, tiny  # noqa: F401
+    from framesim.backbones import efficientnet_lite, keras_apps, phash, resnet18, tiny, vit  # noqa: F401

@@ -21,6 +21,10 @@ Options:
   3.5 times the CNN cost).
 
 Descriptors are returned unnormalised; ``Backbone.embed`` L2-normalises them.
+
+A vision transformer has no feature map: its output is a token sequence (n, 1 + patches, C), class token
+first. Its descriptors (``TokenDescriptor``, ``parse_token_descriptor``) are ``cls``, the class token, and
+``mean``, the mean of the patch tokens (class token left out).
 """
 
 from __future__ import annotations
@@ -192,3 +196,46 @@ def describe(forward_maps: Callable[[np.ndarray], np.ndarray], batch: np.ndarray
             total = v if total is None else total + v
     assert total is not None
     return total
+
+
+# --------------------------------------------------------------------------------------------------
+# Token descriptors (vision transformers)
+
+#: descriptors of a transformer's output sequence (n, 1 + patches, C), class token first
+TOKEN_POOLINGS = ("cls", "mean")
+
+
+@dataclass(frozen=True)
+class TokenDescriptor:
+    """How a vision transformer's output tokens become one vector: ``cls`` (the class token) or ``mean``
+    (the mean of the patch tokens, the class token left out)."""
+
+    pooling: str = "cls"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in TOKEN_POOLINGS:
+            raise PoolingError(f"unknown token descriptor {self.pooling!r}; known: {', '.join(TOKEN_POOLINGS)}")
+
+    def __str__(self) -> str:
+        return self.pooling
+
+    def pool(self, tokens: np.ndarray) -> np.ndarray:
+        """(n, 1 + patches, C) output tokens, class token first -> (n, C) descriptors, not normalised."""
+        tokens = np.asarray(tokens, dtype=np.float32)
+        if tokens.ndim != 3 or tokens.shape[1] < 2:
+            raise ValueError(f"expected (n, 1 + patches, C) tokens, got shape {tokens.shape}")
+        return tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(axis=1)
+
+
+def parse_token_descriptor(text: str | TokenDescriptor | None, default: TokenDescriptor | None = None
+                           ) -> TokenDescriptor:
+    """``"cls"``, ``"mean"`` -> TokenDescriptor (``None``/"" -> default)."""
+    if isinstance(text, TokenDescriptor):
+        return text
+    if not text:
+        return default or TokenDescriptor()
+    name = text.strip().lower()
+    if name not in TOKEN_POOLINGS:
+        raise PoolingError(f"unknown token descriptor {text!r}; known: cls (the class token), "
+                           "mean (the mean of the patch tokens)")
+    return TokenDescriptor(name)
