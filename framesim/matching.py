@@ -259,7 +259,7 @@ def match(
         "examples": [e.name for e in example_list], "failed_examples": failed_examples,
         "n_videos": int(manifest["video"].nunique()), "n_frames": len(manifest),
         "n_examples": len(example_list), "top_k": top_k, "min_score": min_score,
-        "index": auto_factory(len(manifest)) if index in (None, "auto") else index,
+        "index": auto_factory(len(manifest)) if index in (None, "auto") else index, "metric": metric,
         # The run's defaults; each backbone's entry has its own (a spec's "@..." overrides them).
         "postprocess": postprocess_settings(score, whiten, candidates, verify, cascade, metric),
         "dedupe": runs.summary(),

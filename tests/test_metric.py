@@ -77,7 +77,7 @@ def test_cli_l2_writes_distances_and_refuses_what_does_not_apply(dataset_and_exa
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "pairs.csv")
     assert "distance" in table and (table["distance"] >= 0).all() and len(table) == 9
-    assert (out / "report.html").stat().st_size > 0
+    assert "top-K = 3 · by L2 distance" in (out / "report.html").read_text(encoding="utf-8")
     assert framesim.read_pairs(out)["distance"].equals(table["distance"])
     cosine = runner.invoke(cli, ["match", str(examples), "-d", str(ds), "-b", "tiny-image", "-k", "3", "-o",
                                  str(tmp_path / "cos"), "--score", "cosine", "-q", "--no-report"])

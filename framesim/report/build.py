@@ -82,7 +82,8 @@ def _hero(run: RunData, colors: Mapping[str, str], thresholds: Mapping[str, Thre
         ("examples", n_ex, f"+{failed} unreadable, skipped" if failed else "all readable"),
         ("backbones", len(bbs), ", ".join(bbs)),
         ("index", info.get("index", "—"), f"top-K = {info.get('top_k', '—')}"
-         + (f" · min score {info['min_score']}" if info.get("min_score") is not None else "")),
+         + (f" · min score {info['min_score']}" if info.get("min_score") is not None else "")
+         + (" · by L2 distance" if info.get("metric") == "l2" else "")),
         ("time taken", format_duration(info.get("seconds")), "whole match run"),
     ]
     cards = "".join(
