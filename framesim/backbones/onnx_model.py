@@ -267,32 +267,19 @@ def _resize_batch(batch: np.ndarray, side: int) -> np.ndarray:
 
 def _session(path: Path, sha256: str, label: str) -> Any:
     """An ONNX Runtime session for the file (shared by backbones of the same file, content and threads)."""
-    from framesim.backbones.runtime import cpu_threads
+    from framesim.backbones.runtime import cpu_threads, onnxruntime_session
 
     threads = cpu_threads()
     key = (str(path), sha256, threads)
     if key not in _SESSIONS:
         try:
-            session = _open_session(path, threads)
+            session = onnxruntime_session(path, threads)
         except Exception as exc:  # ONNX Runtime raises its own kinds for files it cannot read
             raise BackboneError(f"{label}: not a usable ONNX model ({_one_line(exc)})") from None
         while len(_SESSIONS) >= _SESSION_CACHE:
             _SESSIONS.pop(next(iter(_SESSIONS)))
         _SESSIONS[key] = session
     return _SESSIONS[key]
-
-
-def _open_session(path: Path, threads: int) -> Any:
-    # The settings of runtime._open_onnxruntime (which returns only a run function; framesim needs the
-    # session's inputs, outputs and metadata too).
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _one_line(exc: BaseException) -> str:

@@ -152,7 +152,9 @@ class ConvertedRunner:
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
 
 
-def _open_onnxruntime(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def onnxruntime_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session for ``path`` with framesim's settings (the converted backbones' and
+    ``onnx_model``'s)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -162,7 +164,11 @@ def _open_onnxruntime(path: Path, threads: int) -> Callable[[np.ndarray], np.nda
     # and from other processes, and was not faster on a loaded 2-core machine.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _open_onnxruntime(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    session = onnxruntime_session(path, threads)
     input_name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {input_name: batch})[0]
 
